@@ -1,0 +1,216 @@
+"""Public entry points: check arguments, pick a backend, call its operator.
+
+Every function takes ``backend=`` (``"cuda"``, ``"triton"``, ``"cpu"``,
+``"reference"``; default: automatic, see :mod:`mixshare_ops.backends`).
+Shapes are given in the docstrings; see :mod:`mixshare_ops.reference` for the
+exact semantics.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from mixshare_ops import checks, reference
+from mixshare_ops.backends import select_backend
+
+Tensor = torch.Tensor
+
+
+def _op(backend: str, name: str):
+    """The operator implementing ``name`` on a compiled or Triton backend."""
+    prefix = "triton_" if backend == "triton" else ""
+    return getattr(torch.ops.mixshare_ops, prefix + name)
+
+
+def _check_reference_values(fn, *args) -> None:
+    # Value checks read data; under torch.compile the fused backends do them
+    # inside their (opaque) operators, the traced reference skips them.
+    if not torch.compiler.is_compiling():
+        fn(*args)
+
+
+def cutmix_boxes(lam: Tensor, center: Tensor, height: int, width: int, *, backend: Optional[str] = None):
+    """CutMix boxes by the MixMo/CutMix rule.
+
+    lam: [B] target ratios in [0, 1]; center: [B, 2] uniforms in [0, 1) (row,
+    column). Returns ``boxes`` int32 [B, 4] (top, left, bottom, right) and
+    ``area`` [B] (realised box area / (height * width), dtype of ``lam``).
+    """
+    return _cutmix_boxes(lam, center, height, width, backend=backend, check_values=True)
+
+
+def _cutmix_boxes(lam, center, height, width, *, backend, check_values):
+    checks.check_box_sample(lam, center, height, width)
+    backend = select_backend(lam.device, backend)
+    if backend == "reference":
+        if check_values:
+            _check_reference_values(checks.check_box_sample_values, lam, center)
+        return reference.cutmix_boxes(lam, center, height, width)
+    return _op(backend, "cutmix_boxes")(lam, center, height, width, check_values)
+
+
+def sample_cutmix_boxes(
+    batch: int,
+    height: int,
+    width: int,
+    alpha: float = 2.0,
+    *,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+    backend: Optional[str] = None,
+):
+    """Random CutMix boxes drawn on ``device``: ``lam ~ Beta(alpha, alpha)``.
+
+    Returns ``(boxes [B, 4] int32, area [B] float32, lam [B] float32)``. All
+    randomness comes from torch's RNG on the target device (``generator`` if
+    given), so one seed gives the same boxes on every backend; nothing is
+    copied to or from the host.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 0:
+        raise ValueError(f"batch must be a non-negative int, got {batch!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"alpha must be a positive float, got {alpha!r}")
+    if device is None:
+        device = generator.device if generator is not None else torch.device("cpu")
+    device = torch.device(device)
+    concentration = torch.full((batch, 2), float(alpha), device=device)
+    lam = torch._sample_dirichlet(concentration, generator=generator)[:, 0]
+    center = torch.rand((batch, 2), generator=generator, device=device)
+    # Values are valid by construction: skip the checks (a sync on CUDA).
+    boxes, area = _cutmix_boxes(lam, center, height, width, backend=backend, check_values=False)
+    return boxes, area, lam
+
+
+def cutmix_mask(
+    boxes: Tensor, height: int, width: int, dtype: torch.dtype = torch.float32, *, backend: Optional[str] = None
+) -> Tensor:
+    """[B, 1, H, W] mask of ``dtype``: 1 inside each sample's box, 0 outside."""
+    checks.validate_cutmix_mask(boxes, height, width)
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
+    backend = select_backend(boxes.device, backend)
+    if backend == "reference":
+        _check_reference_values(checks.check_box_values, boxes, height, width)
+        return reference.cutmix_mask(boxes, height, width, dtype)
+    return _op(backend, "cutmix_mask")(boxes, height, width, dtype)
+
+
+def box_mix(
+    x: Tensor,
+    boxes: Tensor,
+    inside_weight: Tensor,
+    outside_weight: Tensor,
+    scale: float = 1.0,
+    *,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Masked mixing of M inputs: x [M, B, C, H, W] -> [B, C, H, W].
+
+    ``out = scale * sum_i w_i * x[i]`` with ``w_i = inside_weight[b, i]``
+    inside box b and ``outside_weight[b, i]`` outside; weights are [B, M].
+    MIMO summing: weights 1/M, scale M. Cut-MixMo (M = 2): inside (1, 0),
+    outside (0, 1), scale 2. Differentiable with respect to ``x``.
+    """
+    checks.validate_box_mix(x, boxes, inside_weight, outside_weight, scale)
+    backend = select_backend(x.device, backend)
+    if backend == "reference":
+        _check_reference_values(checks.check_box_values, boxes, x.shape[3], x.shape[4])
+        return reference.box_mix(x, boxes, inside_weight, outside_weight, scale)
+    return _op(backend, "box_mix")(x, boxes, inside_weight, outside_weight, float(scale))
+
+
+def cutmix_mix(x0: Tensor, x1: Tensor, boxes: Tensor, scale: float = 2.0, *, backend: Optional[str] = None) -> Tensor:
+    """Cut-MixMo for M = 2: ``scale * (m * x0 + (1 - m) * x1)``, x0, x1 [B, C, H, W].
+
+    Stacks its inputs (one copy); pass a stacked [2, B, C, H, W] tensor (or a
+    [B, 2, C, H, W] tensor transposed) to :func:`box_mix` to avoid it.
+    """
+    checks.check_features(x0, "x0")
+    checks.check_features(x1, "x1")
+    if x0.shape != x1.shape or x0.dtype != x1.dtype or x0.device != x1.device:
+        raise ValueError(
+            f"x0 and x1 must have the same shape, dtype and device, got {tuple(x0.shape)} {x0.dtype} {x0.device} "
+            f"and {tuple(x1.shape)} {x1.dtype} {x1.device}"
+        )
+    eye = torch.eye(2, device=x0.device)
+    batch = x0.shape[0]
+    return box_mix(
+        torch.stack([x0, x1]), boxes, eye[0].expand(batch, 2), eye[1].expand(batch, 2), scale, backend=backend
+    )
+
+
+def _unmix_args(features, box_size, channels):
+    box_size = tuple(features.shape[2:]) if box_size is None else tuple(box_size)
+    if len(box_size) != 2:
+        raise ValueError(f"box_size must be a pair (height, width), got {box_size}")
+    channels = features.shape[1] if channels is None else channels
+    return box_size, channels
+
+
+def cutmix_unmix(
+    features: Tensor,
+    boxes: Tensor,
+    inside_weight: Optional[Tensor] = None,
+    outside_weight: Optional[Tensor] = None,
+    *,
+    box_size: Optional[Sequence[int]] = None,
+    ratio: float = 0.0,
+    channels: Optional[int] = None,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """MixShare unmixing with fadeout: features [B, C, h, w] -> [M, B, C, h, w].
+
+    Subnetwork i's mask is its weight map on the ``box_size`` grid (default:
+    the feature size) averaged down to (h, w) as adaptive_avg_pool2d does; the
+    first ``channels`` channels (default all) are multiplied by
+    ``m_i + ratio * (1 - m_i)``, the others pass through. Default weights:
+    M = 2, the box is subnetwork 0's. Differentiable with respect to ``features``.
+    """
+    if isinstance(features, torch.Tensor) and features.dim() == 4:
+        box_size, channels = _unmix_args(features, box_size, channels)
+    checks.validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    backend = select_backend(features.device, backend)
+    if backend == "reference":
+        _check_reference_values(checks.check_box_values, boxes, *box_size)
+        return reference.cutmix_unmix(
+            features, boxes, inside_weight, outside_weight, box_size=box_size, ratio=ratio, channels=channels
+        )
+    return _op(backend, "cutmix_unmix")(
+        features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels
+    )
+
+
+def cutmix_unmix_pool(
+    features: Tensor,
+    boxes: Tensor,
+    inside_weight: Optional[Tensor] = None,
+    outside_weight: Optional[Tensor] = None,
+    *,
+    box_size: Optional[Sequence[int]] = None,
+    ratio: float = 0.0,
+    channels: Optional[int] = None,
+    normalize: str = "masked",
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Unmixing fused with global average pooling: [B, C, h, w] -> [M, B, C].
+
+    Never materialises the M masked maps. ``normalize="mean"`` divides by
+    ``h * w``; ``"masked"`` by the sum of the applied mask over (h, w) (by
+    ``h * w`` where that sum is 0). Differentiable with respect to ``features``.
+    """
+    if isinstance(features, torch.Tensor) and features.dim() == 4:
+        box_size, channels = _unmix_args(features, box_size, channels)
+    checks.validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    checks.check_normalize(normalize)
+    backend = select_backend(features.device, backend)
+    if backend == "reference":
+        _check_reference_values(checks.check_box_values, boxes, *box_size)
+        return reference.cutmix_unmix_pool(
+            features, boxes, inside_weight, outside_weight,
+            box_size=box_size, ratio=ratio, channels=channels, normalize=normalize,
+        )
+    return _op(backend, "cutmix_unmix_pool")(
+        features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels, normalize
+    )

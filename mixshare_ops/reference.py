@@ -1,0 +1,180 @@
+"""Plain PyTorch reference of every mixshare op: the specification.
+
+Written to be read, not to be fast: masks and weight maps are materialised
+densely and autograd differentiates through ordinary tensor ops. Every other
+backend (C++ CPU, CUDA, Triton) is tested against these functions.
+
+Conventions shared by all ops:
+
+* ``boxes`` is int32 ``[B, 4]``, rows ``(top, left, bottom, right)``, half-open,
+  in pixels of the mixing grid ``H x W``. An empty box is legal.
+* ``inside_weight`` / ``outside_weight`` are ``[B, M]``: subnetwork ``i``'s
+  weight inside / outside box ``b``.
+* Arithmetic runs in the "opmath" dtype (float64 for float64 inputs, float32
+  otherwise) and is rounded once to the output dtype.
+
+Argument checking lives in :mod:`mixshare_ops.checks`; these functions assume
+valid arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "opmath_dtype",
+    "cutmix_boxes",
+    "cutmix_mask",
+    "box_mix",
+    "unmix_masks",
+    "cutmix_unmix",
+    "cutmix_unmix_pool",
+]
+
+
+def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype arithmetic runs in: float64 for float64, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def cutmix_boxes(lam: torch.Tensor, center: torch.Tensor, height: int, width: int):
+    """CutMix boxes by the MixMo/CutMix reference rule.
+
+    lam: [B] target box ratios in [0, 1]; center: [B, 2] uniforms in [0, 1)
+    (row, column). Returns ``boxes`` int32 [B, 4] and ``area`` [B] (dtype of
+    ``lam``): the realised box area divided by ``height * width``.
+    """
+    compute = torch.promote_types(opmath_dtype(lam.dtype), opmath_dtype(center.dtype))
+    lam_c = lam.to(compute)
+    center_c = center.to(compute)
+    cut_frac = torch.sqrt(lam_c)
+    cut_h = torch.trunc(height * cut_frac).to(torch.int64)
+    cut_w = torch.trunc(width * cut_frac).to(torch.int64)
+    cy = torch.floor(center_c[:, 0] * height).to(torch.int64)
+    cx = torch.floor(center_c[:, 1] * width).to(torch.int64)
+    top = (cy - cut_h // 2).clamp(0, height)
+    bottom = (cy + cut_h // 2).clamp(0, height)
+    left = (cx - cut_w // 2).clamp(0, width)
+    right = (cx + cut_w // 2).clamp(0, width)
+    boxes = torch.stack([top, left, bottom, right], dim=1).to(torch.int32)
+    area = ((bottom - top) * (right - left)).to(compute) / (height * width)
+    return boxes, area.to(lam.dtype)
+
+
+def cutmix_mask(boxes: torch.Tensor, height: int, width: int, dtype: torch.dtype = torch.float32):
+    """[B, 1, H, W] mask: 1 inside each sample's box, 0 outside."""
+    rows = torch.arange(height, device=boxes.device)
+    cols = torch.arange(width, device=boxes.device)
+    b = boxes.to(torch.int64)
+    in_rows = (rows[None, :] >= b[:, 0:1]) & (rows[None, :] < b[:, 2:3])  # [B, H]
+    in_cols = (cols[None, :] >= b[:, 1:2]) & (cols[None, :] < b[:, 3:4])  # [B, W]
+    inside = in_rows[:, :, None] & in_cols[:, None, :]
+    return inside[:, None].to(dtype)
+
+
+def _default_weights(batch: int, device: torch.device, dtype: torch.dtype):
+    """M = 2: the box belongs to subnetwork 0, its complement to subnetwork 1."""
+    inside = torch.tensor([1.0, 0.0], dtype=dtype, device=device).expand(batch, 2)
+    outside = torch.tensor([0.0, 1.0], dtype=dtype, device=device).expand(batch, 2)
+    return inside, outside
+
+
+def _weight_maps(boxes, inside_weight, outside_weight, height, width, dtype):
+    """[M, B, H, W] map of each subnetwork's weight on the box grid."""
+    inside = cutmix_mask(boxes, height, width, torch.bool)[:, 0]  # [B, H, W]
+    w_in = inside_weight.to(dtype).t()[:, :, None, None]  # [M, B, 1, 1]
+    w_out = outside_weight.to(dtype).t()[:, :, None, None]
+    return torch.where(inside[None], w_in, w_out)
+
+
+def box_mix(x, boxes, inside_weight, outside_weight, scale: float = 1.0):
+    """Masked mixing of M inputs. x: [M, B, C, H, W] -> [B, C, H, W].
+
+    ``out[b, c, h, w] = scale * sum_i w_i(b, h, w) * x[i, b, c, h, w]`` with
+    ``w_i = inside_weight[b, i]`` inside box ``b`` and ``outside_weight[b, i]``
+    outside.
+    """
+    compute = opmath_dtype(x.dtype)
+    _, _, _, height, width = x.shape
+    weights = _weight_maps(boxes, inside_weight, outside_weight, height, width, compute)
+    mixed = (weights[:, :, None] * x.to(compute)).sum(dim=0) * scale
+    return mixed.to(x.dtype)
+
+
+def unmix_masks(boxes, inside_weight, outside_weight, box_size, feature_size, ratio, dtype):
+    """[M, B, h, w] applied unmixing masks ``m_i + ratio * (1 - m_i)``.
+
+    ``m_i`` is subnetwork i's weight map on the ``box_size`` grid, downsampled
+    to ``feature_size`` exactly as ``adaptive_avg_pool2d`` does.
+    """
+    if inside_weight is None:
+        inside_weight, outside_weight = _default_weights(boxes.shape[0], boxes.device, dtype)
+    weights = _weight_maps(boxes, inside_weight, outside_weight, box_size[0], box_size[1], dtype)
+    masks = F.adaptive_avg_pool2d(weights, feature_size)
+    return masks + ratio * (1 - masks)
+
+
+def _resolve_box_size(features, box_size):
+    return tuple(features.shape[-2:]) if box_size is None else tuple(box_size)
+
+
+def cutmix_unmix(
+    features,
+    boxes,
+    inside_weight=None,
+    outside_weight=None,
+    *,
+    box_size=None,
+    ratio: float = 0.0,
+    channels=None,
+):
+    """MixShare unmixing with fadeout. features: [B, C, h, w] -> [M, B, C, h, w].
+
+    The first ``channels`` channels are multiplied by subnetwork i's applied
+    mask; the other channels pass through unchanged.
+    """
+    compute = opmath_dtype(features.dtype)
+    num_channels, h, w = features.shape[1:]
+    channels = num_channels if channels is None else channels
+    masks = unmix_masks(
+        boxes, inside_weight, outside_weight, _resolve_box_size(features, box_size), (h, w), ratio, compute
+    )  # [M, B, h, w]
+    feats = features.to(compute)
+    unmixed = feats[None, :, :channels] * masks[:, :, None]
+    passthrough = feats[None, :, channels:].expand(masks.shape[0], -1, -1, -1, -1)
+    return torch.cat([unmixed, passthrough], dim=2).to(features.dtype)
+
+
+def cutmix_unmix_pool(
+    features,
+    boxes,
+    inside_weight=None,
+    outside_weight=None,
+    *,
+    box_size=None,
+    ratio: float = 0.0,
+    channels=None,
+    normalize: str = "masked",
+):
+    """Unmixing fused with global average pooling. [B, C, h, w] -> [M, B, C].
+
+    ``normalize="mean"`` divides by ``h * w``; ``"masked"`` divides by the sum
+    over (h, w) of the applied mask (by ``h * w`` where that sum is 0).
+    """
+    compute = opmath_dtype(features.dtype)
+    num_channels, h, w = features.shape[1:]
+    channels = num_channels if channels is None else channels
+    masks = unmix_masks(
+        boxes, inside_weight, outside_weight, _resolve_box_size(features, box_size), (h, w), ratio, compute
+    )
+    feats = features.to(compute)
+    masked_sum = torch.einsum("bchw,mbhw->mbc", feats[:, :channels], masks)  # [M, B, channels]
+    if normalize == "masked":
+        denom = masks.sum(dim=(2, 3))  # [M, B]
+        denom = torch.where(denom == 0, torch.full_like(denom, h * w), denom)
+    else:
+        denom = torch.full(masks.shape[:2], float(h * w), dtype=compute, device=features.device)
+    pooled = masked_sum / denom[:, :, None]
+    plain = feats[:, channels:].mean(dim=(2, 3))[None].expand(masks.shape[0], -1, -1)
+    return torch.cat([pooled, plain], dim=2).to(features.dtype)

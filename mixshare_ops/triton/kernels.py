@@ -1,0 +1,642 @@
+"""Triton kernels of the mixshare ops.
+
+The launchers in :mod:`mixshare_ops.triton.launch` prepare the arguments
+(layouts, opmath weights, outputs) and pick the tile sizes; everything here
+assumes valid arguments. The index and box math is that of
+``csrc/box_math.h``, so results match the C++ kernels up to the order of
+floating-point additions (and fused multiply-adds on GPUs).
+
+Design
+------
+Every kernel working on features views one sample as a ``[C, H * W]`` slice,
+dense in one of two layouts: channels first (``c * HW + p``) or channels last
+(``p * C + c``). A program owns one sample ``b``, so the box, the weights and
+the per-pixel masks are computed once per program, and works on 2-D tiles of
+``CB`` channels by ``PB`` pixels, oriented so that the contiguous axis of the
+layout is the fast axis of the tile (``[CB, PB]`` channels first, ``[PB, CB]``
+channels last).
+
+* Element-wise ops (box_mix, cutmix_unmix, their backwards and the pooling
+  backward) loop over ``CHUNKS`` channel tiles of one pixel block, so the
+  per-pixel work (index split, box test, adaptive-pool window overlap) is
+  amortised over ``CHUNKS * CB`` channels. The ``M`` subnetworks are a padded
+  leading axis ``MB`` (next power of two) of 3-D ``[MB, ...tile]`` tensors:
+  one masked load or store covers all subnetworks.
+* The pooling ops first run :func:`unmix_masks_kernel`, one program per
+  sample, writing the applied masks ``[B, M, HW]`` and the reciprocal pooling
+  denominators ``[B, M]`` (a few bytes per pixel, against ``C`` feature values
+  per pixel). The pooling forward then reduces ``[CB, HW]`` per program
+  (``b``, channel block) reading the masks from that small L2-resident buffer
+  instead of recomputing them per channel block: pooling only reads features,
+  so recomputing the window math would make it compute bound.
+
+Numerics: arithmetic runs in ``OPMATH`` (float32, or float64 for float64
+data), rounded once to the output dtype. Divisions and the CutMix square root
+are correctly rounded (``div_rn`` / ``sqrt_rn`` in float32; float64 division
+and square root are always correctly rounded). Float scalars (``scale``,
+``ratio``) arrive as float32 kernel arguments, which is exact for float32
+opmath; for float64 opmath the launcher passes them as 1-element float64
+tensors instead (see :func:`_scalar`).
+
+Index arithmetic is int32 within one sample slice (``C * H * W < 2**31``) and
+int64 for offsets across samples and subnetworks. The window math needs
+``(h + 1) * box_h`` and ``(w + 1) * box_w`` below ``2**31``.
+
+Loops have compile-time trip counts (``CHUNKS``, ``NUM_PB``, ``M``): no loop
+bound is a runtime value.
+
+Tuning
+------
+Tile sizes come from :func:`elementwise_meta` and :func:`pool_meta`. On GPUs
+(``AUTOTUNE``) the element-wise and pooling kernels are autotuned over the
+``(TILE, num_warps)`` candidates of ``ELEMENTWISE_TUNING`` / ``POOL_TUNING``:
+the prune hooks turn each candidate into concrete tile sizes with the same
+heuristics, so the tuned configurations are always valid. Edit those lists to
+change the search space. Under the Triton interpreter (``TRITON_INTERPRET=1``)
+autotuning is off and the heuristics' defaults are launched directly.
+"""
+
+import os
+
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = not INTERPRET
+
+# ---------------------------------------------------------------------------
+# Tuning: tile heuristics and autotune search spaces
+# ---------------------------------------------------------------------------
+
+# (TILE, num_warps) candidates; TILE is the number of feature elements of one
+# [CB, PB] tile (before the subnetwork axis). The first one is the default.
+ELEMENTWISE_TUNING = [(2048, 4), (1024, 4), (4096, 8), (2048, 8)]
+POOL_TUNING = [(2048, 4), (1024, 4), (4096, 8), (2048, 8)]
+
+# Enough programs to fill a large GPU several times over before channel tiles
+# are grouped into one program (element-wise kernels), or before channel
+# blocks of the pooling reduction are narrowed.
+TARGET_PROGRAMS = 2048
+POOL_TARGET_PROGRAMS = 1024
+MAX_CHUNKS = 8
+MASKS_BLOCK = 1024  # pixels per iteration of unmix_masks_kernel
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_pow2(n: int) -> int:
+    return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
+
+
+def _scaled_tile(tile: int, mb: int) -> int:
+    """Tile size for MB subnetworks: the [MB, tile] tensors stay ~2 * TILE."""
+    return max(256, tile * 2 // max(mb, 2))
+
+
+def _pixel_block(hw: int, cap: int) -> int:
+    """The largest power-of-two block <= cap whose padding of HW wastes at most
+    1/8 of the lanes (else the one wasting least)."""
+    best, best_waste = None, None
+    pb = min(next_pow2(hw), cap)
+    while pb >= 1:
+        waste = cdiv(hw, pb) * pb - hw
+        if waste * 8 <= cdiv(hw, pb) * pb:
+            return pb
+        if best is None or waste < best_waste:
+            best, best_waste = pb, waste
+        if pb <= 32:
+            break
+        pb //= 2
+    return best
+
+
+def elementwise_meta(batch: int, channels: int, hw: int, channels_last: bool, mb: int,
+                     tile: int = ELEMENTWISE_TUNING[0][0], num_warps: int = ELEMENTWISE_TUNING[0][1]) -> dict:
+    """CB, PB, CHUNKS and num_warps of the element-wise kernels."""
+    tile = _scaled_tile(tile, mb)
+    c2, p2 = next_pow2(channels), next_pow2(hw)
+    if channels_last:
+        cb = min(c2, 128)
+        pb = min(p2, max(1, tile // cb))
+    else:
+        pb = _pixel_block(hw, min(512, tile))
+        cb = min(c2, max(1, tile // pb))
+    n_cb, n_pb = cdiv(channels, cb), cdiv(hw, pb)
+    chunks = 1
+    while (chunks < MAX_CHUNKS and chunks * 2 <= n_cb
+           and batch * n_pb * cdiv(n_cb, chunks * 2) >= TARGET_PROGRAMS):
+        chunks *= 2
+    return {"CB": cb, "PB": pb, "CHUNKS": chunks, "num_warps": num_warps}
+
+
+def elementwise_programs(batch: int, channels: int, hw: int, meta: dict) -> int:
+    return batch * cdiv(cdiv(channels, meta["CB"]), meta["CHUNKS"]) * cdiv(hw, meta["PB"])
+
+
+def pool_meta(batch: int, channels: int, hw: int, channels_last: bool, mb: int,
+              tile: int = POOL_TUNING[0][0], num_warps: int = POOL_TUNING[0][1]) -> dict:
+    """CB, PB, NUM_PB and num_warps of the pooling reduction."""
+    tile = _scaled_tile(tile, mb)
+    c2, p2 = next_pow2(channels), next_pow2(hw)
+    if channels_last:
+        cb = min(c2, 128)
+        pb = min(p2, max(1, tile // cb))
+        min_cb = 16
+    else:
+        pb = _pixel_block(hw, min(256, tile))
+        cb = min(c2, max(1, tile // pb))
+        min_cb = 4
+    while cb > min_cb and batch * cdiv(channels, cb) < POOL_TARGET_PROGRAMS:
+        cb //= 2
+    return {"CB": cb, "PB": pb, "NUM_PB": cdiv(hw, pb), "num_warps": num_warps}
+
+
+def masks_meta(hw: int, mb: int) -> dict:
+    """PB and NUM_PB of unmix_masks_kernel (one program per sample)."""
+    pb = min(next_pow2(hw), max(64, MASKS_BLOCK * 2 // max(mb, 2)))
+    return {"PB": pb, "NUM_PB": cdiv(hw, pb), "num_warps": 4}
+
+
+def _prune(meta_fn):
+    """early_config_prune hook: (TILE, num_warps) candidates -> concrete tiles."""
+
+    def prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        out, seen = [], set()
+        for config in configs:
+            meta = meta_fn(int(args["B"]), int(args["C"]), int(args["HW"]), bool(args["CHANNELS_LAST"]),
+                           int(args["MB"]), config.kwargs["TILE"], config.num_warps)
+            num_warps = meta.pop("num_warps")
+            key = (tuple(sorted(meta.items())), num_warps)
+            if key not in seen:
+                seen.add(key)
+                out.append(triton.Config(meta, num_warps=num_warps, num_stages=config.num_stages))
+        return out
+
+    return prune
+
+
+def _tuned(meta_fn, candidates):
+    """Autotunes a kernel on GPUs (key: sizes, layout, M; dtypes are added by
+    the autotuner); leaves it as it is under the interpreter."""
+
+    def decorate(fn):
+        if not AUTOTUNE:
+            return fn
+        configs = [triton.Config({"TILE": tile}, num_warps=num_warps) for tile, num_warps in candidates]
+        return triton.autotune(
+            configs=configs,
+            key=["B", "C", "HW", "CHANNELS_LAST", "MB", "M"],
+            prune_configs_by={"early_config_prune": _prune(meta_fn)},
+        )(fn)
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------
+# Shared device functions
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _div(a, b, OPMATH: tl.constexpr):
+    """Correctly rounded a / b in OPMATH."""
+    if OPMATH == tl.float64:
+        return a / b
+    else:
+        return tl.div_rn(a, b)
+
+
+@triton.jit
+def _scalar(value, ptr, OPMATH: tl.constexpr):
+    """A float scalar argument in OPMATH: read from a 1-element float64 tensor
+    for float64 opmath (kernel float arguments are float32), else the float32
+    argument itself."""
+    if OPMATH == tl.float64:
+        return tl.load(ptr)
+    else:
+        return tl.cast(value, tl.float32)
+
+
+@triton.jit
+def _load_box(boxes_ptr, b, height, width):
+    """Row b of int32 [B, 4] boxes, clamped to the grid as load_box does."""
+    row = boxes_ptr + b.to(tl.int64) * 4
+    top = tl.minimum(tl.maximum(tl.load(row), 0), height)
+    left = tl.minimum(tl.maximum(tl.load(row + 1), 0), width)
+    bottom = tl.minimum(tl.maximum(tl.load(row + 2), top), height)
+    right = tl.minimum(tl.maximum(tl.load(row + 3), left), width)
+    return top, left, bottom, right
+
+
+@triton.jit
+def _subnet_weights(win_ptr, wout_ptr, b, M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr,
+                    OPMATH: tl.constexpr):
+    """[MB] inside / outside weights of sample b (0 on the padding lanes).
+    DEFAULT_W: the default M = 2 weights, inside (1, 0), outside (0, 1)."""
+    i = tl.arange(0, MB)
+    if DEFAULT_W:
+        w_in = (i == 0).to(OPMATH)
+        w_out = (i == 1).to(OPMATH)
+    else:
+        row = b.to(tl.int64) * M
+        w_in = tl.load(win_ptr + row + i, mask=i < M, other=0.0).to(OPMATH)
+        w_out = tl.load(wout_ptr + row + i, mask=i < M, other=0.0).to(OPMATH)
+    return w_in, w_out
+
+
+@triton.jit
+def _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH: tl.constexpr):
+    """Fraction of feature cell p's adaptive_avg_pool2d window (on the
+    box_h x box_w grid) covered by the box: covered / cells in OPMATH."""
+    y = p // w
+    x = p - y * w
+    y0 = (y * box_h) // h
+    y1 = ((y + 1) * box_h + h - 1) // h
+    x0 = (x * box_w) // w
+    x1 = ((x + 1) * box_w + w - 1) // w
+    cov_y = tl.maximum(tl.minimum(y1, bottom) - tl.maximum(y0, top), 0)
+    cov_x = tl.maximum(tl.minimum(x1, right) - tl.maximum(x0, left), 0)
+    covered = (cov_y * cov_x).to(OPMATH)
+    cells = ((y1 - y0) * (x1 - x0)).to(OPMATH)
+    return _div(covered, cells, OPMATH)
+
+
+@triton.jit
+def _applied_masks(frac, w_in, w_out, r):
+    """[MB, PB] applied masks m + r (1 - m), m = out + (in - out) * frac."""
+    m = w_out[:, None] + (w_in - w_out)[:, None] * frac[None, :]
+    return m + r * (1.0 - m)
+
+
+@triton.jit
+def _slice_offsets(c, p, C, HW, CHANNELS_LAST: tl.constexpr):
+    """Offsets of a channel x pixel tile within one dense [C, H, W] slice."""
+    if CHANNELS_LAST:
+        return p[:, None] * C + c[None, :]
+    else:
+        return c[:, None] * HW + p[None, :]
+
+
+@triton.jit
+def _chan2(v, CHANNELS_LAST: tl.constexpr):
+    """[CB] -> broadcastable against a 2-D tile."""
+    if CHANNELS_LAST:
+        return v[None, :]
+    else:
+        return v[:, None]
+
+
+@triton.jit
+def _pix2(v, CHANNELS_LAST: tl.constexpr):
+    """[PB] -> broadcastable against a 2-D tile."""
+    if CHANNELS_LAST:
+        return v[:, None]
+    else:
+        return v[None, :]
+
+
+@triton.jit
+def _chan3(v, CHANNELS_LAST: tl.constexpr):
+    """[MB, CB] -> broadcastable against [MB, tile]."""
+    if CHANNELS_LAST:
+        return v[:, None, :]
+    else:
+        return v[:, :, None]
+
+
+@triton.jit
+def _pix3(v, CHANNELS_LAST: tl.constexpr):
+    """[MB, PB] -> broadcastable against [MB, tile]."""
+    if CHANNELS_LAST:
+        return v[:, :, None]
+    else:
+        return v[:, None, :]
+
+
+@triton.jit
+def _elementwise_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr,
+                         CHANNELS_LAST: tl.constexpr):
+    """This program's sample b, first channel and [PB] pixel indices."""
+    pid = tl.program_id(0)
+    n_cg = tl.cdiv(tl.cdiv(C, CB), CHUNKS)
+    n_pb = tl.cdiv(HW, PB)
+    per_sample = n_cg * n_pb
+    b = pid // per_sample
+    r = pid - b * per_sample
+    # Consecutive programs walk along the layout's memory order.
+    if CHANNELS_LAST:
+        pb = r // n_cg
+        cg = r - pb * n_cg
+    else:
+        cg = r // n_pb
+        pb = r - cg * n_pb
+    p = pb * PB + tl.arange(0, PB)
+    return b, cg * (CHUNKS * CB), p
+
+
+@triton.jit
+def _stacked_offsets(stride_m, MB: tl.constexpr):
+    """[MB, 1, 1] int64 offsets of the subnetworks of a stacked tensor."""
+    i = tl.arange(0, MB)
+    return (i.to(tl.int64) * stride_m)[:, None, None]
+
+
+# ---------------------------------------------------------------------------
+# cutmix_boxes / cutmix_mask
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def _uniform_to_index(u, size, OPMATH: tl.constexpr):
+    v = u * tl.cast(size, OPMATH)
+    v = tl.where(v >= 0, v, 0.0)  # NaN -> 0
+    hi = tl.cast(size - 1, OPMATH)
+    v = tl.where(v > hi, hi, v)
+    return tl.floor(v).to(tl.int32)
+
+
+@triton.jit
+def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, width, HW,
+                        OPMATH: tl.constexpr, BLOCK: tl.constexpr):
+    """lam [B], center [B, 2] (both OPMATH, contiguous) -> boxes int32 [B, 4],
+    area [B] (OPMATH)."""
+    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    valid = n < B
+    n64 = n.to(tl.int64)
+    lam = tl.load(lam_ptr + n64, mask=valid, other=0.0)
+    center_row = tl.load(center_ptr + 2 * n64, mask=valid, other=0.0)
+    center_col = tl.load(center_ptr + 2 * n64 + 1, mask=valid, other=0.0)
+    lam = tl.where(lam >= 0, lam, 0.0)  # NaN -> 0
+    lam = tl.where(lam > 1, 1.0, lam)
+    if OPMATH == tl.float64:
+        cut_frac = tl.sqrt(lam)  # float64 sqrt is correctly rounded
+    else:
+        cut_frac = tl.sqrt_rn(lam)
+    cut_h = (tl.cast(height, OPMATH) * cut_frac).to(tl.int32)  # truncation
+    cut_w = (tl.cast(width, OPMATH) * cut_frac).to(tl.int32)
+    cy = _uniform_to_index(center_row, height, OPMATH)
+    cx = _uniform_to_index(center_col, width, OPMATH)
+    top = tl.minimum(tl.maximum(cy - cut_h // 2, 0), height)
+    bottom = tl.minimum(tl.maximum(cy + cut_h // 2, 0), height)
+    left = tl.minimum(tl.maximum(cx - cut_w // 2, 0), width)
+    right = tl.minimum(tl.maximum(cx + cut_w // 2, 0), width)
+    row = boxes_ptr + 4 * n64
+    tl.store(row, top, mask=valid)
+    tl.store(row + 1, left, mask=valid)
+    tl.store(row + 2, bottom, mask=valid)
+    tl.store(row + 3, right, mask=valid)
+    area = ((bottom - top).to(tl.int64) * (right - left)).to(OPMATH)
+    area = _div(area, tl.cast(HW, OPMATH), OPMATH)
+    tl.store(area_ptr + n64, area, mask=valid)
+
+
+@triton.jit
+def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: tl.constexpr):
+    """[B, 1, H, W] contiguous mask, 1 inside each box; one [BH, BW] tile."""
+    pid = tl.program_id(0)
+    n_yb = tl.cdiv(height, BH)
+    n_xb = tl.cdiv(width, BW)
+    per_sample = n_yb * n_xb
+    b = pid // per_sample
+    r = pid - b * per_sample
+    yb = r // n_xb
+    xb = r - yb * n_xb
+    top, left, bottom, right = _load_box(boxes_ptr, b, height, width)
+    y = yb * BH + tl.arange(0, BH)
+    x = xb * BW + tl.arange(0, BW)
+    inside = ((y >= top) & (y < bottom))[:, None] & ((x >= left) & (x < right))[None, :]
+    valid = (y < height)[:, None] & (x < width)[None, :]
+    base = out_ptr + b.to(tl.int64) * height * width
+    tl.store(base + y[:, None] * width + x[None, :], inside.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+# ---------------------------------------------------------------------------
+# box_mix
+# ---------------------------------------------------------------------------
+
+
+@_tuned(elementwise_meta, ELEMENTWISE_TUNING)
+@triton.jit
+def box_mix_kernel(x_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
+                   scale, stride_m, stride_b, B, C, HW, height, width,
+                   M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
+                   CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+    """out[b] = sum_i w_i(b, y, x) * scale * x[i, b] over stacked x [M, B, C, H, W]."""
+    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    top, left, bottom, right = _load_box(boxes_ptr, b, height, width)
+    y = p // width
+    x = p - y * width
+    inside = (y >= top) & (y < bottom) & (x >= left) & (x < right)
+    s = _scalar(scale, scale_ptr, OPMATH)
+    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, False, OPMATH)
+    weights = _pix3(tl.where(inside[None, :], (s * w_in)[:, None], (s * w_out)[:, None]), CHANNELS_LAST)
+    sub = tl.arange(0, MB)[:, None, None] < M
+    x_base = x_ptr + b.to(tl.int64) * stride_b + _stacked_offsets(stride_m, MB)
+    out_base = out_ptr + b.to(tl.int64) * C * HW
+    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    for j in range(CHUNKS):
+        c = c0 + j * CB + tl.arange(0, CB)
+        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
+        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        xs = tl.load(x_base + offs[None], mask=sub & valid[None], other=0.0)
+        acc = tl.sum(weights * xs.to(OPMATH), axis=0)
+        tl.store(out_base + offs, acc.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+@_tuned(elementwise_meta, ELEMENTWISE_TUNING)
+@triton.jit
+def box_mix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
+                            scale, out_stride_m, B, C, HW, height, width,
+                            M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
+                            CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+    """grad_x[i, b] = w_i(b, y, x) * scale * grad_out[b]."""
+    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    top, left, bottom, right = _load_box(boxes_ptr, b, height, width)
+    y = p // width
+    x = p - y * width
+    inside = (y >= top) & (y < bottom) & (x >= left) & (x < right)
+    s = _scalar(scale, scale_ptr, OPMATH)
+    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, False, OPMATH)
+    weights = _pix3(tl.where(inside[None, :], (s * w_in)[:, None], (s * w_out)[:, None]), CHANNELS_LAST)
+    sub = tl.arange(0, MB)[:, None, None] < M
+    g_base = g_ptr + b.to(tl.int64) * C * HW
+    out_base = out_ptr + b.to(tl.int64) * C * HW + _stacked_offsets(out_stride_m, MB)
+    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    for j in range(CHUNKS):
+        c = c0 + j * CB + tl.arange(0, CB)
+        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
+        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        g = tl.load(g_base + offs, mask=valid, other=0.0).to(OPMATH)
+        res = weights * g[None]
+        tl.store(out_base + offs[None], res.to(out_ptr.dtype.element_ty), mask=sub & valid[None])
+
+
+# ---------------------------------------------------------------------------
+# cutmix_unmix
+# ---------------------------------------------------------------------------
+
+
+@_tuned(elementwise_meta, ELEMENTWISE_TUNING)
+@triton.jit
+def cutmix_unmix_kernel(f_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
+                        ratio, out_stride_m, B, C, HW, h, w, box_h, box_w, channels,
+                        M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                        OPMATH: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+    """out[i, b, c] = features[b, c] * mask_i (c < channels), features[b, c] otherwise."""
+    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    top, left, bottom, right = _load_box(boxes_ptr, b, box_h, box_w)
+    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, DEFAULT_W, OPMATH)
+    r = _scalar(ratio, ratio_ptr, OPMATH)
+    frac = _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH)
+    masks = _pix3(_applied_masks(frac, w_in, w_out, r), CHANNELS_LAST)
+    sub = tl.arange(0, MB)[:, None, None] < M
+    f_base = f_ptr + b.to(tl.int64) * C * HW
+    out_base = out_ptr + b.to(tl.int64) * C * HW + _stacked_offsets(out_stride_m, MB)
+    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    for j in range(CHUNKS):
+        c = c0 + j * CB + tl.arange(0, CB)
+        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
+        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        f = tl.load(f_base + offs, mask=valid, other=0.0)[None]
+        unmixed = (f.to(OPMATH) * masks).to(out_ptr.dtype.element_ty)
+        res = tl.where(_chan2(c < channels, CHANNELS_LAST)[None], unmixed, f)
+        tl.store(out_base + offs[None], res, mask=sub & valid[None])
+
+
+@_tuned(elementwise_meta, ELEMENTWISE_TUNING)
+@triton.jit
+def cutmix_unmix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
+                                 ratio, stride_m, stride_b, B, C, HW, h, w, box_h, box_w, channels,
+                                 M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr,
+                                 CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
+                                 CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+    """grad_f[b, c] = sum_i grad_out[i, b, c] * (mask_i if c < channels else 1)."""
+    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    top, left, bottom, right = _load_box(boxes_ptr, b, box_h, box_w)
+    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, DEFAULT_W, OPMATH)
+    r = _scalar(ratio, ratio_ptr, OPMATH)
+    frac = _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH)
+    masks = _pix3(_applied_masks(frac, w_in, w_out, r), CHANNELS_LAST)
+    sub = tl.arange(0, MB)[:, None, None] < M
+    g_base = g_ptr + b.to(tl.int64) * stride_b + _stacked_offsets(stride_m, MB)
+    out_base = out_ptr + b.to(tl.int64) * C * HW
+    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    for j in range(CHUNKS):
+        c = c0 + j * CB + tl.arange(0, CB)
+        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
+        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        g = tl.load(g_base + offs[None], mask=sub & valid[None], other=0.0).to(OPMATH)
+        terms = tl.where(_chan2(c < channels, CHANNELS_LAST)[None], g * masks, g)
+        acc = tl.sum(terms, axis=0)
+        tl.store(out_base + offs, acc.to(out_ptr.dtype.element_ty), mask=valid)
+
+
+# ---------------------------------------------------------------------------
+# cutmix_unmix_pool
+# ---------------------------------------------------------------------------
+
+
+@triton.jit
+def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_ptr,
+                       ratio, h, w, box_h, box_w, HW,
+                       M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, MASKED: tl.constexpr,
+                       OPMATH: tl.constexpr, PB: tl.constexpr, NUM_PB: tl.constexpr):
+    """Per sample b: the applied masks masks[b, i, p] (OPMATH [B, M, HW]) and
+    the reciprocal pooling denominators inv[b, i] (OPMATH [B, M]): 1 / sum_p
+    masks[b, i, p] (h * w where that sum is 0) if MASKED, else 1 / (h * w)."""
+    b = tl.program_id(0)
+    top, left, bottom, right = _load_box(boxes_ptr, b, box_h, box_w)
+    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, DEFAULT_W, OPMATH)
+    r = _scalar(ratio, ratio_ptr, OPMATH)
+    i = tl.arange(0, MB)
+    sub = i < M
+    rows = masks_ptr + (b.to(tl.int64) * M + i) * HW
+    den = tl.zeros([MB], dtype=OPMATH)
+    for j in range(NUM_PB):
+        p = j * PB + tl.arange(0, PB)
+        pvalid = p < HW
+        frac = _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH)
+        masks = _applied_masks(frac, w_in, w_out, r)
+        tl.store(rows[:, None] + p[None, :], masks, mask=sub[:, None] & pvalid[None, :])
+        den += tl.sum(tl.where(pvalid[None, :], masks, 0.0), axis=1)
+    hw = tl.cast(HW, OPMATH)
+    if MASKED:
+        den = tl.where(den == 0, hw, den)
+    else:
+        den = tl.zeros([MB], dtype=OPMATH) + hw
+    inv = _div(tl.full([MB], 1.0, OPMATH), den, OPMATH)
+    tl.store(inv_ptr + b.to(tl.int64) * M + i, inv, mask=sub)
+
+
+@_tuned(pool_meta, POOL_TUNING)
+@triton.jit
+def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, channels,
+                             M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
+                             CB: tl.constexpr, PB: tl.constexpr, NUM_PB: tl.constexpr):
+    """out[i, b, c] = sum_p f[b, c, p] masks[b, i, p] * inv[b, i] (c < channels),
+    mean_p f[b, c, p] otherwise. One program per (b, channel block)."""
+    pid = tl.program_id(0)
+    n_cb = tl.cdiv(C, CB)
+    b = pid // n_cb
+    c = (pid - b * n_cb) * CB + tl.arange(0, CB)
+    cvalid = c < C
+    i = tl.arange(0, MB)
+    sub = i < M
+    rows = masks_ptr + (b.to(tl.int64) * M + i) * HW
+    f_base = f_ptr + b.to(tl.int64) * C * HW
+    acc = tl.zeros([MB, CB], dtype=OPMATH)
+    plain = tl.zeros([CB], dtype=OPMATH)
+    for j in range(NUM_PB):
+        p = j * PB + tl.arange(0, PB)
+        pvalid = p < HW
+        masks = tl.load(rows[:, None] + p[None, :], mask=sub[:, None] & pvalid[None, :], other=0.0)
+        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
+        valid = _chan2(cvalid, CHANNELS_LAST) & _pix2(pvalid, CHANNELS_LAST)
+        f = tl.load(f_base + offs, mask=valid, other=0.0).to(OPMATH)
+        if CHANNELS_LAST:  # f: [PB, CB]
+            acc += tl.sum(f[None, :, :] * masks[:, :, None], axis=1)
+            plain += tl.sum(f, axis=0)
+        else:  # f: [CB, PB]
+            acc += tl.sum(f[None, :, :] * masks[:, None, :], axis=2)
+            plain += tl.sum(f, axis=1)
+    inv = tl.load(inv_ptr + b.to(tl.int64) * M + i, mask=sub, other=0.0)
+    pooled = acc * inv[:, None]
+    mean = _div(plain, tl.cast(HW, OPMATH), OPMATH)
+    res = tl.where((c < channels)[None, :], pooled, mean[None, :])
+    out = out_ptr + (i.to(tl.int64)[:, None] * B + b) * C + c[None, :]
+    tl.store(out, res.to(out_ptr.dtype.element_ty), mask=sub[:, None] & cvalid[None, :])
+
+
+@_tuned(elementwise_meta, ELEMENTWISE_TUNING)
+@triton.jit
+def cutmix_unmix_pool_backward_kernel(g_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, channels,
+                                      M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                                      OPMATH: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr,
+                                      CHUNKS: tl.constexpr):
+    """grad_f[b, c, p] = sum_i grad_out[i, b, c] * inv[b, i] * masks[b, i, p]
+    (c < channels), sum_i grad_out[i, b, c] / (h * w) otherwise."""
+    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    i = tl.arange(0, MB)
+    sub = i < M
+    pvalid = p < HW
+    masks = tl.load(masks_ptr + ((b.to(tl.int64) * M + i) * HW)[:, None] + p[None, :],
+                    mask=sub[:, None] & pvalid[None, :], other=0.0)
+    masks = _pix3(masks, CHANNELS_LAST)
+    inv = tl.load(inv_ptr + b.to(tl.int64) * M + i, mask=sub, other=0.0)
+    hw = tl.cast(HW, OPMATH)
+    g_rows = g_ptr + (i.to(tl.int64) * B + b) * C
+    out_base = out_ptr + b.to(tl.int64) * C * HW
+    for j in range(CHUNKS):
+        c = c0 + j * CB + tl.arange(0, CB)
+        cvalid = c < C
+        g = tl.load(g_rows[:, None] + c[None, :], mask=sub[:, None] & cvalid[None, :], other=0.0).to(OPMATH)
+        coef = _chan3(g * inv[:, None], CHANNELS_LAST)
+        plain = _chan2(_div(tl.sum(g, axis=0), hw, OPMATH), CHANNELS_LAST)
+        acc = tl.sum(coef * masks, axis=0)
+        res = tl.where(_chan2(c < channels, CHANNELS_LAST), acc, plain)
+        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
+        valid = _chan2(cvalid, CHANNELS_LAST) & _pix2(pvalid, CHANNELS_LAST)
+        tl.store(out_base + offs, res.to(out_ptr.dtype.element_ty), mask=valid)

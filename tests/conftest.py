@@ -1,0 +1,29 @@
+"""Test set-up: the Triton interpreter on machines without a GPU.
+
+TRITON_INTERPRET must be set before any Triton kernel is defined, so it is set
+here, before the tests import mixshare_ops.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import mixshare_ops  # noqa: E402
+
+
+def pytest_report_header(config):
+    info = mixshare_ops.backend_info()
+    return (
+        f"mixshare_ops backends: {', '.join(info['available_backends'])} "
+        f"(extension loaded: {info['extension_loaded']}, TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')})"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_env(monkeypatch):
+    """Tests pick backends explicitly; a developer's MIXSHARE_OPS_BACKEND must not leak in."""
+    monkeypatch.delenv("MIXSHARE_OPS_BACKEND", raising=False)

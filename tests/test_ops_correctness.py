@@ -1,0 +1,153 @@
+"""Every backend against the reference: forward and backward, each dtype."""
+
+import pytest
+import torch
+
+import mixshare_ops
+from mixshare_ops import _layout, reference
+from tests.cases import MIX_CASES, UNMIX_CASES, assert_close, backend_params, dtypes_for, make_boxes
+
+BACKENDS = backend_params()
+
+
+def _dtypes(backend, device):
+    return [pytest.param(d, id=str(d).replace("torch.", "")) for d in dtypes_for(backend, device)]
+
+
+def _grad(out, inp, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out)
+    (grad_in,) = torch.autograd.grad(out, inp, grad_out)
+    return grad_in
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_cutmix_boxes_bitwise(backend, device):
+    g = torch.Generator().manual_seed(0)
+    lam = torch.rand(257, generator=g)
+    lam[:4] = torch.tensor([0.0, 1.0, 0.25, 0.5])  # exact edges and perfect squares
+    center = torch.rand(257, 2, generator=g)
+    for height, width in ((32, 32), (7, 5), (1, 9)):
+        for dtype in (torch.float32, torch.float64):
+            l, c = lam.to(device, dtype), center.to(device, dtype)
+            boxes, area = mixshare_ops.cutmix_boxes(l, c, height, width, backend=backend)
+            ref_boxes, ref_area = reference.cutmix_boxes(l.cpu(), c.cpu(), height, width)
+            assert boxes.dtype == torch.int32 and area.dtype == dtype
+            torch.testing.assert_close(boxes.cpu(), ref_boxes, rtol=0, atol=0)
+            torch.testing.assert_close(area.cpu(), ref_area, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_sample_cutmix_boxes_same_on_every_backend(backend, device):
+    gen = torch.Generator(device=device).manual_seed(123)
+    boxes, area, lam = mixshare_ops.sample_cutmix_boxes(64, 32, 32, generator=gen, device=device, backend=backend)
+    gen.manual_seed(123)
+    ref_boxes, ref_area, ref_lam = mixshare_ops.sample_cutmix_boxes(
+        64, 32, 32, generator=gen, device=device, backend="reference"
+    )
+    torch.testing.assert_close(lam, ref_lam, rtol=0, atol=0)
+    torch.testing.assert_close(boxes, ref_boxes, rtol=0, atol=0)
+    torch.testing.assert_close(area, ref_area, rtol=0, atol=0)
+    assert boxes.device.type == device and ((lam > 0) & (lam < 1)).all()
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bool, torch.int64], ids=str)
+def test_cutmix_mask(backend, device, dtype):
+    g = torch.Generator().manual_seed(0)
+    boxes = make_boxes(5, 6, 9, "mixed", g).to(device)
+    mask = mixshare_ops.cutmix_mask(boxes, 6, 9, dtype, backend=backend)
+    assert mask.shape == (5, 1, 6, 9) and mask.dtype == dtype
+    torch.testing.assert_close(mask.cpu(), reference.cutmix_mask(boxes.cpu(), 6, 9, dtype), rtol=0, atol=0)
+    assert mixshare_ops.cutmix_mask(boxes[:0], 6, 9, backend=backend).shape == (0, 1, 6, 9)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("case", MIX_CASES, ids=lambda c: c.name)
+def test_box_mix(backend, device, case):
+    for dtype in dtypes_for(backend, device):
+        x, boxes, inside, outside, scale = case.make(dtype, device)
+        x.requires_grad_(True)
+        out = mixshare_ops.box_mix(x, boxes, inside, outside, scale, backend=backend)
+        x_ref = x.detach().cpu().requires_grad_(True)
+        ref = reference.box_mix(x_ref, boxes.cpu(), inside.cpu(), outside.cpu(), scale)
+        assert out.shape == ref.shape and out.dtype == dtype
+        assert_close(out.cpu(), ref)
+        # Output in the input's slice layout.
+        expect_layout = _layout.stacked_layout(x)[1]
+        assert _layout.feature_layout(out)[1] == expect_layout or out.numel() == 0 or out.shape[1] == 1
+        if x.numel() > 0:
+            assert_close(_grad(out, x).cpu(), _grad(ref, x_ref), dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_cutmix_mix_matches_mixmo_formula(backend, device):
+    g = torch.Generator().manual_seed(0)
+    x0, x1 = torch.randn(2, 4, 3, 8, 8, generator=g).to(device).unbind(0)
+    boxes = make_boxes(4, 8, 8, "mixed", g).to(device)
+    mask = reference.cutmix_mask(boxes, 8, 8).to(device)
+    out = mixshare_ops.cutmix_mix(x0, x1, boxes, backend=backend)
+    torch.testing.assert_close(out, 2 * (mask * x0 + (1 - mask) * x1))
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("case", UNMIX_CASES, ids=lambda c: c.name)
+def test_cutmix_unmix(backend, device, case):
+    for dtype in dtypes_for(backend, device):
+        feats, boxes, inside, outside, kw = case.make(dtype, device)
+        feats.requires_grad_(True)
+        out = mixshare_ops.cutmix_unmix(feats, boxes, inside, outside, backend=backend, **kw)
+        f_ref = feats.detach().cpu().requires_grad_(True)
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        ref = reference.cutmix_unmix(f_ref, boxes.cpu(), cpu(inside), cpu(outside), **kw)
+        assert out.shape == ref.shape and out.dtype == dtype
+        assert_close(out.cpu(), ref)
+        if out.numel() > 0:
+            assert _layout.stacked_layout(out)[1] == _layout.feature_layout(feats)[1] or case.channels == 1
+            assert_close(_grad(out, feats).cpu(), _grad(ref, f_ref), dtype)
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("case", UNMIX_CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("normalize", ["masked", "mean"])
+def test_cutmix_unmix_pool(backend, device, case, normalize):
+    for dtype in dtypes_for(backend, device):
+        feats, boxes, inside, outside, kw = case.make(dtype, device)
+        feats.requires_grad_(True)
+        out = mixshare_ops.cutmix_unmix_pool(feats, boxes, inside, outside, normalize=normalize, backend=backend, **kw)
+        f_ref = feats.detach().cpu().requires_grad_(True)
+        cpu = lambda t: None if t is None else t.cpu()  # noqa: E731
+        ref = reference.cutmix_unmix_pool(f_ref, boxes.cpu(), cpu(inside), cpu(outside), normalize=normalize, **kw)
+        assert out.shape == ref.shape and out.dtype == dtype
+        assert torch.isfinite(out.float()).all()
+        assert_close(out.cpu(), ref)
+        if out.numel() > 0:
+            grad = _grad(out, feats)
+            assert_close(grad.cpu(), _grad(ref, f_ref), dtype)
+            # The gradient comes back in the features' memory layout.
+            assert _layout.feature_layout(grad)[1] == _layout.feature_layout(feats)[1] or case.channels == 1
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_unmix_pool_equals_pooled_unmix(backend, device):
+    """The fused op is unmixing followed by (masked) pooling."""
+    case = UNMIX_CASES[2]
+    feats, boxes, inside, outside, kw = case.make(torch.float64 if backend != "cuda" else torch.float32, device)
+    unmixed = mixshare_ops.cutmix_unmix(feats, boxes, inside, outside, backend=backend, **kw)
+    pooled = mixshare_ops.cutmix_unmix_pool(feats, boxes, inside, outside, normalize="mean", backend=backend, **kw)
+    torch.testing.assert_close(pooled, unmixed.mean(dim=(3, 4)))
+
+
+def test_reference_unmix_is_mixshare_fadeout_rule():
+    """Hand-computed: default weights, box grid = feature grid, ratio r."""
+    feats = torch.ones(1, 1, 2, 2)
+    boxes = torch.tensor([[0, 0, 1, 2]], dtype=torch.int32)  # the top row
+    out = reference.cutmix_unmix(feats, boxes, ratio=0.25)
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([[1.0, 1.0], [0.25, 0.25]]))
+    torch.testing.assert_close(out[1, 0, 0], torch.tensor([[0.25, 0.25], [1.0, 1.0]]))
+    # Downsampling a 4x4 box grid to 2x2: a 1x2 box covers half of cell (0, 0).
+    boxes = torch.tensor([[0, 0, 1, 2]], dtype=torch.int32)
+    out = reference.cutmix_unmix(feats, boxes, box_size=(4, 4))
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
+    pooled = reference.cutmix_unmix_pool(feats * 3, boxes, box_size=(4, 4))
+    torch.testing.assert_close(pooled[:, 0, 0], torch.tensor([3.0, 3.0]))  # masked mean of a constant
