@@ -22,17 +22,17 @@ at::ScalarType opmath_dtype(at::ScalarType dtype) {
 
 void check_floating(const at::Tensor& t, const char* name) {
   const auto dtype = t.scalar_type();
-  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, name,
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, name,
               " must be a float16, bfloat16, float32 or float64 tensor, got ", dtype);
 }
 
 void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name) {
-  TORCH_CHECK(t.device() == like.device(), name, " must be on the same device as ", like_name, " (", like.device(),
+  TORCH_CHECK_VALUE(t.device() == like.device(), name, " must be on the same device as ", like_name, " (", like.device(),
               "), got ", t.device());
 }
 
 void check_positive_size(int64_t value, const char* name) {
-  TORCH_CHECK(value > 0, name, " must be positive, got ", value);
+  TORCH_CHECK_VALUE(value > 0, name, " must be positive, got ", value);
 }
 
 namespace {
@@ -52,7 +52,7 @@ bool is_channels_first_slice(const at::Tensor& t, int64_t first) {
 }  // namespace
 
 FeatureArg feature_arg(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 4, name, " must be a 4-D [B, C, H, W] tensor, got ", t.dim(), " dims with shape ",
+  TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D [B, C, H, W] tensor, got ", t.dim(), " dims with shape ",
               t.sizes());
   check_floating(t, name);
   check_positive_size(t.size(2), "the height of features");
@@ -76,10 +76,10 @@ FeatureArg feature_arg(const at::Tensor& t, const char* name) {
 }
 
 StackedArg stacked_arg(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dim() == 5, name, " must be a 5-D [M, B, C, H, W] tensor, got ", t.dim(), " dims with shape ",
+  TORCH_CHECK_VALUE(t.dim() == 5, name, " must be a 5-D [M, B, C, H, W] tensor, got ", t.dim(), " dims with shape ",
               t.sizes());
   check_floating(t, name);
-  TORCH_CHECK(t.size(0) >= 2, name, " must stack M >= 2 inputs along dim 0, got M = ", t.size(0));
+  TORCH_CHECK_VALUE(t.size(0) >= 2, name, " must stack M >= 2 inputs along dim 0, got M = ", t.size(0));
   check_positive_size(t.size(3), "the height of x");
   check_positive_size(t.size(4), "the width of x");
   StackedArg arg;
@@ -117,9 +117,9 @@ at::Tensor empty_stacked(int64_t subnets, int64_t batch, int64_t channels, int64
 
 at::Tensor boxes_arg(const at::Tensor& boxes, const at::Tensor& like, const char* like_name, int64_t batch,
                      int64_t height, int64_t width) {
-  TORCH_CHECK(boxes.scalar_type() == at::kInt, "boxes must be an int32 tensor, got ", boxes.scalar_type());
-  TORCH_CHECK(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [B, 4], got ", boxes.sizes());
-  TORCH_CHECK(boxes.size(0) == batch, "boxes must have one row per sample: expected B = ", batch, " (from ",
+  TORCH_CHECK_TYPE(boxes.scalar_type() == at::kInt, "boxes must be an int32 tensor, got ", boxes.scalar_type());
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [B, 4], got ", boxes.sizes());
+  TORCH_CHECK_VALUE(boxes.size(0) == batch, "boxes must have one row per sample: expected B = ", batch, " (from ",
               like_name, "), got ", boxes.size(0));
   check_same_device(boxes, like, "boxes", like_name);
   at::Tensor out = boxes.contiguous();
@@ -127,7 +127,7 @@ at::Tensor boxes_arg(const at::Tensor& boxes, const at::Tensor& like, const char
   if (out.device().is_cpu()) {
     const int32_t* row = out.const_data_ptr<int32_t>();
     for (int64_t b = 0; b < batch; ++b, row += 4) {
-      TORCH_CHECK(row[0] >= 0 && row[1] >= 0 && row[0] <= row[2] && row[1] <= row[3] && row[2] <= height &&
+      TORCH_CHECK_VALUE(row[0] >= 0 && row[1] >= 0 && row[0] <= row[2] && row[1] <= row[3] && row[2] <= height &&
                       row[3] <= width,
                   "boxes[", b, "] = (", row[0], ", ", row[1], ", ", row[2], ", ", row[3],
                   ") must satisfy 0 <= top <= bottom <= ", height, " and 0 <= left <= right <= ", width);
@@ -136,14 +136,14 @@ at::Tensor boxes_arg(const at::Tensor& boxes, const at::Tensor& like, const char
   }
   const auto top = out.select(1, 0), left = out.select(1, 1), bottom = out.select(1, 2), right = out.select(1, 3);
   const auto bad = (top < 0) | (left < 0) | (top > bottom) | (left > right) | (bottom > height) | (right > width);
-  TORCH_CHECK(!bad.any().item<bool>(), "every box must satisfy 0 <= top <= bottom <= ", height,
+  TORCH_CHECK_VALUE(!bad.any().item<bool>(), "every box must satisfy 0 <= top <= bottom <= ", height,
               " and 0 <= left <= right <= ", width, "; found a box outside the grid or with top > bottom or left > right");
   return out;
 }
 
 at::Tensor weights_arg(const at::Tensor& weights, const char* name, const at::Tensor& like, const char* like_name,
                        int64_t batch, int64_t subnets, at::ScalarType opmath) {
-  TORCH_CHECK(weights.dim() == 2 && weights.size(0) == batch && weights.size(1) == subnets, name,
+  TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == batch && weights.size(1) == subnets, name,
               " must have shape [B, M] = [", batch, ", ", subnets, "], got ", weights.sizes());
   check_floating(weights, name);
   check_same_device(weights, like, name, like_name);
@@ -153,16 +153,16 @@ at::Tensor weights_arg(const at::Tensor& weights, const char* name, const at::Te
 UnmixWeights unmix_weights_arg(const std::optional<at::Tensor>& inside_weight,
                                const std::optional<at::Tensor>& outside_weight, const at::Tensor& like,
                                const char* like_name, int64_t batch, at::ScalarType opmath) {
-  TORCH_CHECK(inside_weight.has_value() == outside_weight.has_value(),
+  TORCH_CHECK_VALUE(inside_weight.has_value() == outside_weight.has_value(),
               "inside_weight and outside_weight must be given together or both left out (default M = 2)");
   UnmixWeights out;
   if (!inside_weight.has_value()) {
     out.subnets = 2;
     return out;
   }
-  TORCH_CHECK(inside_weight->dim() == 2, "inside_weight must have shape [B, M], got ", inside_weight->sizes());
+  TORCH_CHECK_VALUE(inside_weight->dim() == 2, "inside_weight must have shape [B, M], got ", inside_weight->sizes());
   out.subnets = inside_weight->size(1);
-  TORCH_CHECK(out.subnets >= 2, "inside_weight must have M >= 2 columns (one per subnetwork), got ", out.subnets);
+  TORCH_CHECK_VALUE(out.subnets >= 2, "inside_weight must have M >= 2 columns (one per subnetwork), got ", out.subnets);
   out.inside = weights_arg(*inside_weight, "inside_weight", like, like_name, batch, out.subnets, opmath);
   out.outside = weights_arg(*outside_weight, "outside_weight", like, like_name, batch, out.subnets, opmath);
   return out;
@@ -170,10 +170,10 @@ UnmixWeights unmix_weights_arg(const std::optional<at::Tensor>& inside_weight,
 
 void check_unmix_scalars(int64_t box_height, int64_t box_width, int64_t height, int64_t width, double ratio,
                          int64_t channels, int64_t num_channels) {
-  TORCH_CHECK(box_height >= height && box_width >= width, "box_size must be at least the feature size (", height,
+  TORCH_CHECK_VALUE(box_height >= height && box_width >= width, "box_size must be at least the feature size (", height,
               ", ", width, "), got (", box_height, ", ", box_width, ")");
-  TORCH_CHECK(ratio >= 0.0 && ratio <= 1.0, "ratio must be in [0, 1], got ", ratio);
-  TORCH_CHECK(channels >= 0 && channels <= num_channels, "channels must be in [0, C] = [0, ", num_channels,
+  TORCH_CHECK_VALUE(ratio >= 0.0 && ratio <= 1.0, "ratio must be in [0, 1], got ", ratio);
+  TORCH_CHECK_VALUE(channels >= 0 && channels <= num_channels, "channels must be in [0, C] = [0, ", num_channels,
               "], got ", channels);
 }
 
@@ -181,9 +181,9 @@ BoxSampleArg box_sample_arg(const at::Tensor& lam, const at::Tensor& center, int
                             bool check_values) {
   check_positive_size(height, "height");
   check_positive_size(width, "width");
-  TORCH_CHECK(lam.dim() == 1, "lam must be a 1-D [B] tensor, got shape ", lam.sizes());
+  TORCH_CHECK_VALUE(lam.dim() == 1, "lam must be a 1-D [B] tensor, got shape ", lam.sizes());
   check_floating(lam, "lam");
-  TORCH_CHECK(center.dim() == 2 && center.size(0) == lam.size(0) && center.size(1) == 2,
+  TORCH_CHECK_VALUE(center.dim() == 2 && center.size(0) == lam.size(0) && center.size(1) == 2,
               "center must have shape [B, 2] = [", lam.size(0), ", 2], got ", center.sizes());
   check_floating(center, "center");
   check_same_device(center, lam, "center", "lam");
@@ -192,16 +192,16 @@ BoxSampleArg box_sample_arg(const at::Tensor& lam, const at::Tensor& center, int
   BoxSampleArg arg{lam.to(compute).contiguous(), center.to(compute).contiguous()};
   if (check_values && lam.numel() > 0 && should_check_values(lam)) {
     // Written so that NaN fails both checks.
-    TORCH_CHECK(at::logical_and(arg.lam >= 0, arg.lam <= 1).all().item<bool>(),
+    TORCH_CHECK_VALUE(at::logical_and(arg.lam >= 0, arg.lam <= 1).all().item<bool>(),
                 "lam must lie in [0, 1] (no NaN)");
-    TORCH_CHECK(at::logical_and(arg.center >= 0, arg.center < 1).all().item<bool>(),
+    TORCH_CHECK_VALUE(at::logical_and(arg.center >= 0, arg.center < 1).all().item<bool>(),
                 "center must lie in [0, 1) (no NaN)");
   }
   return arg;
 }
 
 bool parse_normalize(const std::string& normalize) {
-  TORCH_CHECK(normalize == "mean" || normalize == "masked", "normalize must be \"mean\" or \"masked\", got \"",
+  TORCH_CHECK_VALUE(normalize == "mean" || normalize == "masked", "normalize must be \"mean\" or \"masked\", got \"",
               normalize, "\"");
   return normalize == "masked";
 }

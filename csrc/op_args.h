@@ -1,7 +1,8 @@
 // Argument checking and normalisation shared by the CPU and CUDA entry points.
 //
-// Every op's entry point validates its arguments here with TORCH_CHECK (each
-// message names the argument and what was expected), then hands the kernels
+// Every op's entry point validates its arguments here (each message names the
+// argument and what was expected; TORCH_CHECK_TYPE raises TypeError and
+// TORCH_CHECK_VALUE ValueError in Python, as the Python wrappers do), then hands the kernels
 // tensors in one of the two supported memory layouts and weights in the
 // op's opmath dtype.
 #pragma once

@@ -28,9 +28,15 @@ def has_kernel(op: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"mixshare_ops::{op}", dispatch_key)
 
 
+# Fixed once the library is loaded; kept as constants so that backend
+# selection traces under torch.compile without calling into the dispatcher.
+_HAS_CPU_KERNELS = has_kernel("box_mix", "CPU")
+_HAS_CUDA_KERNELS = has_kernel("box_mix", "CUDA")
+
+
 def has_cpu_kernels() -> bool:
-    return has_kernel("box_mix", "CPU")
+    return _HAS_CPU_KERNELS
 
 
 def has_cuda_kernels() -> bool:
-    return has_kernel("box_mix", "CUDA")
+    return _HAS_CUDA_KERNELS

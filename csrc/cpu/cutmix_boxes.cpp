@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor> cutmix_boxes_cpu(const at::Tensor& lam, const
 at::Tensor cutmix_mask_cpu(const at::Tensor& boxes, int64_t height, int64_t width, at::ScalarType dtype) {
   check_positive_size(height, "height");
   check_positive_size(width, "width");
-  TORCH_CHECK(boxes.dim() == 2, "boxes must have shape [B, 4], got ", boxes.sizes());
+  TORCH_CHECK_VALUE(boxes.dim() == 2, "boxes must have shape [B, 4], got ", boxes.sizes());
   const int64_t batch = boxes.size(0);
   const at::Tensor boxes_c = boxes_arg(boxes, boxes, "boxes", batch, height, width);
   at::Tensor mask = at::empty({batch, 1, height, width}, boxes.options().dtype(dtype));

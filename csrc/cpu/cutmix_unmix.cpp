@@ -75,7 +75,7 @@ at::Tensor cutmix_unmix_backward_cpu(const at::Tensor& grad_out, const at::Tenso
   const at::Tensor boxes_c = boxes_arg(boxes, grad_out, "grad_out", g.batch, box_height, box_width);
   const UnmixWeights wts =
       unmix_weights_arg(inside_weight, outside_weight, grad_out, "grad_out", g.batch, opmath_dtype(grad_out.scalar_type()));
-  TORCH_CHECK(wts.subnets == g.subnets, "grad_out must have M = ", wts.subnets, " (from the weights) along dim 0, got ",
+  TORCH_CHECK_VALUE(wts.subnets == g.subnets, "grad_out must have M = ", wts.subnets, " (from the weights) along dim 0, got ",
               g.subnets);
   const int64_t M = g.subnets, C = g.channels, h = g.height, w = g.width, HW = h * w, slice = C * HW;
   at::Tensor grad_f = empty_features(g.batch, C, h, w, g.layout, grad_out.options());

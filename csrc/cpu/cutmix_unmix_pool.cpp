@@ -75,7 +75,7 @@ at::Tensor cutmix_unmix_pool_backward_cpu(const at::Tensor& grad_out, const at::
                                           int64_t box_width, double ratio, int64_t channels,
                                           c10::string_view normalize, int64_t height, int64_t width,
                                           bool channels_last) {
-  TORCH_CHECK(grad_out.dim() == 3, "grad_out must be a 3-D [M, B, C] tensor, got shape ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.dim() == 3, "grad_out must be a 3-D [M, B, C] tensor, got shape ", grad_out.sizes());
   check_floating(grad_out, "grad_out");
   check_positive_size(height, "height");
   check_positive_size(width, "width");
@@ -86,7 +86,7 @@ at::Tensor cutmix_unmix_pool_backward_cpu(const at::Tensor& grad_out, const at::
   const UnmixWeights wts =
       unmix_weights_arg(inside_weight, outside_weight, grad_out, "grad_out", batch, opmath_dtype(grad_out.scalar_type()));
   const int64_t M = wts.subnets;
-  TORCH_CHECK(grad_out.size(0) == M, "grad_out must have M = ", M, " (from the weights) along dim 0, got ",
+  TORCH_CHECK_VALUE(grad_out.size(0) == M, "grad_out must have M = ", M, " (from the weights) along dim 0, got ",
               grad_out.size(0));
   const Layout layout = channels_last ? Layout::kChannelsLast : Layout::kChannelsFirst;
   at::Tensor grad_f = empty_features(batch, C, h, w, layout, grad_out.options());

@@ -1,0 +1,46 @@
+# One command sets everything up on a fresh machine and runs the tests:
+#
+#     make test
+#
+# It creates .venv (seeing the system's packages, so an existing torch, e.g. a
+# CUDA build on a GPU machine, is reused), installs torch only if none is
+# importable (torch==2.13.0: a CPU wheel on the CPU machines), the other
+# dependencies, builds the C++ (and, with a GPU, CUDA) extension in place and
+# runs pytest.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+PYTEST_ARGS ?=
+CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
+
+.PHONY: setup build test test-fast clean
+
+$(VENV)/.deps: requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.deps setup.py pyproject.toml
+	$(PY) -m pip install --no-build-isolation -e .
+	touch $@
+
+mixshare_ops/_C.so: $(VENV)/.installed $(CSRC)
+	$(PY) setup.py -q build_ext --inplace
+	touch $@
+
+setup: mixshare_ops/_C.so
+
+build: mixshare_ops/_C.so
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The suite without the slow build checks (CMake, nvcc).
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+clean:
+	rm -rf build mixshare_ops/_C*.so *.egg-info
