@@ -66,8 +66,9 @@ setup(
     python_requires=">=3.10",
     # torch is not listed: the extension is compiled against the torch that is
     # already installed, and declaring it here could let pip replace it.
-    install_requires=["numpy"],
+    install_requires=["numpy", "matplotlib", "tqdm", "PyYAML", "scikit-learn"],
     extras_require={"triton": ["triton"]},
+    entry_points={"console_scripts": ["mixshare=mixshare.cli:main"]},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
     options={"bdist_wheel": {"py_limited_api": "cp310"}},

@@ -31,14 +31,25 @@ def _check_reference_values(fn, *args) -> None:
         fn(*args)
 
 
-def cutmix_boxes(lam: Tensor, center: Tensor, height: int, width: int, *, backend: Optional[str] = None):
+def cutmix_boxes(
+    lam: Tensor,
+    center: Tensor,
+    height: int,
+    width: int,
+    *,
+    check_values: bool = True,
+    backend: Optional[str] = None,
+):
     """CutMix boxes by the MixMo/CutMix rule.
 
     lam: [B] target ratios in [0, 1]; center: [B, 2] uniforms in [0, 1) (row,
     column). Returns ``boxes`` int32 [B, 4] (top, left, bottom, right) and
     ``area`` [B] (realised box area / (height * width), dtype of ``lam``).
+    ``check_values=False`` skips the range checks of ``lam`` and ``center``
+    (a host sync on CUDA) for values valid by construction; out-of-range
+    values are then clamped.
     """
-    return _cutmix_boxes(lam, center, height, width, backend=backend, check_values=True)
+    return _cutmix_boxes(lam, center, height, width, backend=backend, check_values=check_values)
 
 
 def _cutmix_boxes(lam, center, height, width, *, backend, check_values):

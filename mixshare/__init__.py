@@ -1,0 +1,1 @@
+"""mixshare: MIMO, MixMo and MixShare ensembles in PyTorch, built on the ``mixshare_ops`` operators."""

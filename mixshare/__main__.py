@@ -1,0 +1,5 @@
+import sys
+
+from mixshare.cli import main
+
+sys.exit(main())

@@ -1,0 +1,262 @@
+"""How MIMO subnetworks use the shared network's features (MixShare section 2, appendix D).
+
+Written against a small model interface only:
+
+* ``model.num_subnets``: M;
+* ``model.encoders``: ``nn.ModuleList`` of M ``nn.Conv2d`` (3 -> C_enc, e.g. 16 in a WRN);
+* ``model.heads``: ``nn.ModuleList`` of M ``nn.Linear(C_final, K)``;
+* ``model.stage_features(x)``: ``x [M, B, 3, H, W]`` (one batch per encoder, the
+  encodings summed as at test time) -> list of ``[B, C_s, H_s, W_s]``, the
+  feature maps at the end of each core stage.
+
+Feature *profiles* are ``[M, F]`` non-negative importances of F features to
+each subnetwork: the L1 norm of each encoder's kernel per output channel
+(input block) and of each head's weight column per input feature (output
+block). The *share rate* compares them: 0% when every feature is used by one
+subnetwork only, 100% when all subnetworks weigh all features alike.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+__all__ = [
+    "encoder_profiles",
+    "classifier_profiles",
+    "share_rate",
+    "encoder_share_rate",
+    "classifier_share_rate",
+    "conditional_variance",
+    "feature_sharing_report",
+]
+
+
+def _subnet_modules(model: nn.Module, attr: str, kind: type) -> list:
+    modules = list(getattr(model, attr))
+    m = int(model.num_subnets)
+    if len(modules) != m:
+        raise ValueError(f"model.{attr} has {len(modules)} modules but model.num_subnets is {m}")
+    for i, module in enumerate(modules):
+        if not isinstance(module, kind):
+            raise TypeError(f"model.{attr}[{i}] must be an nn.{kind.__name__}, got {type(module).__name__}")
+    return modules
+
+
+# --------------------------------------------------------------------------- profiles
+
+
+def encoder_profiles(model: nn.Module) -> torch.Tensor:
+    """``[M, C_enc]``: per output channel, the L1 norm of each encoder's kernel.
+
+    Entry (i, c) = sum of |w| over the input channels and the kernel window of
+    ``model.encoders[i].weight[c]`` (weights ``[C_enc, 3, kh, kw]``). Detached,
+    on the weights' device and dtype.
+    """
+    encoders = _subnet_modules(model, "encoders", nn.Conv2d)
+    return torch.stack([enc.weight.detach().abs().sum(dim=tuple(range(1, enc.weight.dim()))) for enc in encoders])
+
+
+def classifier_profiles(model: nn.Module) -> torch.Tensor:
+    """``[M, C_final]``: per input feature, the L1 norm of each head's weight column.
+
+    Entry (i, c) = sum over classes of |``model.heads[i].weight[:, c]``| (weights
+    ``[K, C_final]``; biases are ignored). Detached, on the weights' device and dtype.
+    """
+    heads = _subnet_modules(model, "heads", nn.Linear)
+    return torch.stack([head.weight.detach().abs().sum(0) for head in heads])
+
+
+def share_rate(profiles: torch.Tensor) -> float:
+    """Feature sharing rate in percent of ``profiles [M, F]`` (MixShare section 2).
+
+    Each subnetwork's profile is divided by its own maximum (so it lies in
+    [0, 1]), then
+
+        share rate = 100 * sum_f min_i h_i(f) / sum_f max_i h_i(f)
+
+    0 when no feature is used by two subnetworks, 100 when the normalised
+    profiles are identical; 100.0 for M = 1. Convention: nan when any
+    subnetwork's profile is all zero (it cannot be normalised; such a
+    subnetwork uses no feature at all). Profiles must be finite and >= 0.
+    """
+    if not isinstance(profiles, torch.Tensor):
+        profiles = torch.as_tensor(profiles)
+    if profiles.dim() != 2 or profiles.shape[0] < 1 or profiles.shape[1] < 1:
+        raise ValueError(f"profiles must be [M, F] with M, F >= 1, got shape {tuple(profiles.shape)}")
+    h = profiles.detach().double()
+    if not bool(torch.isfinite(h).all()):
+        raise ValueError("profiles must be finite")
+    if bool((h < 0).any()):
+        raise ValueError("profiles must be non-negative (they are L1 norms or variances)")
+    peak = h.amax(dim=1, keepdim=True)
+    if bool((peak == 0).any()):
+        return math.nan
+    h = h / peak
+    return 100.0 * (h.amin(0).sum() / h.amax(0).sum()).item()
+
+
+def encoder_share_rate(model: nn.Module) -> float:
+    """Share rate (%) of the input block: :func:`share_rate` of :func:`encoder_profiles`."""
+    return share_rate(encoder_profiles(model))
+
+
+def classifier_share_rate(model: nn.Module) -> float:
+    """Share rate (%) of the output block: :func:`share_rate` of :func:`classifier_profiles`.
+
+    The "classifier share rate" of MixShare's Table 1.
+    """
+    return share_rate(classifier_profiles(model))
+
+
+def feature_sharing_report(model: nn.Module) -> dict:
+    """Share rates and profiles of the input and output blocks, as plain Python values.
+
+    Keys: ``num_subnets``, ``encoder_share_rate``, ``classifier_share_rate`` (%,
+    nan as in :func:`share_rate`), ``encoder_profiles`` (M lists of C_enc floats),
+    ``classifier_profiles`` (M lists of C_final floats).
+    """
+    enc = encoder_profiles(model)
+    cls = classifier_profiles(model)
+    return {
+        "num_subnets": int(model.num_subnets),
+        "encoder_share_rate": share_rate(enc),
+        "classifier_share_rate": share_rate(cls),
+        "encoder_profiles": enc.double().cpu().tolist(),
+        "classifier_profiles": cls.double().cpu().tolist(),
+    }
+
+
+# --------------------------------------------------------------------------- conditional variance
+
+
+class _RunningMoments:
+    """Per-position mean and sum of squared deviations over a stream of batches.
+
+    Batches are merged with Chan et al.'s pairwise update in float64, which does
+    not lose the variance to cancellation the way sum(x^2) - n*mean^2 can when
+    |mean| >> std.
+    """
+
+    def __init__(self):
+        self.count = 0
+        self.mean: Optional[torch.Tensor] = None
+        self.m2: Optional[torch.Tensor] = None
+
+    def update(self, batch: torch.Tensor) -> None:
+        x = batch.double()
+        nb = x.shape[0]
+        mean_b = x.mean(0)
+        m2_b = (x - mean_b).pow(2).sum(0)
+        if self.mean is None:
+            self.count, self.mean, self.m2 = nb, mean_b, m2_b
+            return
+        if mean_b.shape != self.mean.shape:
+            raise ValueError(f"feature shape changed between batches: {tuple(self.mean.shape)} vs {tuple(mean_b.shape)}")
+        na = self.count
+        n = na + nb
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (nb / n)
+        self.m2 = self.m2 + m2_b + delta.pow(2) * (na * nb / n)
+        self.count = n
+
+    def variance(self) -> torch.Tensor:
+        """Unbiased (correction = 1, like ``torch.var``'s default) variance."""
+        return self.m2 / (self.count - 1)
+
+
+def _channel_mean(variance: torch.Tensor) -> torch.Tensor:
+    """[C, *spatial] -> [C]: the mean over every dim after the channel dim."""
+    return variance.reshape(variance.shape[0], -1).mean(1)
+
+
+def conditional_variance(
+    model: nn.Module,
+    images: torch.Tensor,
+    fixed_index: int = 0,
+    subnet: Optional[int] = None,
+    batch_size: int = 256,
+) -> list[torch.Tensor]:
+    """Variance of each core feature map w.r.t. each input, the others held fixed (MixShare appendix D).
+
+    For subnetwork i, encoder i gets the N ``images [N, 3, H, W]`` while every
+    other encoder gets ``images[fixed_index]``; for each stage s the features
+    ``M_int [N, C_s, H_s, W_s]`` give the importance of channel c to subnetwork i
+
+        Mean(Var(M_int, dim=0), dim=(1, 2))[c]
+
+    (the variance over the N samples, unbiased like ``torch.var``, then the mean
+    over the spatial positions; any number of trailing dims is averaged, so a
+    stage may also return ``[B, C_s]``). A channel that does not depend on input
+    i has variance 0 for subnetwork i (up to the model's own rounding: kernels
+    may round differently for different batch sizes). Requires N >= 2.
+
+    Returns a list over stages of float64 CPU tensors ``[M, C_s]`` (row i =
+    subnetwork i), or of ``[C_s]`` when ``subnet`` is an int (only that
+    subnetwork is computed). Runs under ``torch.no_grad`` with the model in eval
+    mode (batch-norm running statistics, no dropout); every submodule's
+    training flag is restored afterwards. Images are processed ``batch_size``
+    at a time on the device (and in the dtype) of ``model.encoders[0].weight``.
+    """
+    encoders = _subnet_modules(model, "encoders", nn.Conv2d)
+    m = len(encoders)
+    if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"images must be a tensor [N, C, H, W], got {shape}")
+    n = images.shape[0]
+    if n < 2:
+        raise ValueError(f"need at least 2 images to compute a variance, got {n}")
+    if not -n <= fixed_index < n:
+        raise IndexError(f"fixed_index {fixed_index} out of range for {n} images")
+    if subnet is None:
+        subnets = list(range(m))
+    else:
+        try:
+            index = operator.index(subnet) if not isinstance(subnet, bool) else None
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < m:
+            raise ValueError(f"subnet must be None or an int in [0, {m}), got {subnet!r}")
+        subnets = [index]
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+
+    weight = encoders[0].weight
+    dtype = weight.dtype if weight.is_floating_point() else images.dtype
+    fixed = images[fixed_index].to(device=weight.device, dtype=dtype)
+
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            per_subnet = []
+            for i in subnets:
+                moments: Optional[list] = None
+                for start in range(0, n, batch_size):
+                    batch = images[start:start + batch_size].to(device=weight.device, dtype=dtype)
+                    inputs = fixed.expand(m, batch.shape[0], *fixed.shape).clone()
+                    inputs[i] = batch
+                    features = list(model.stage_features(inputs))
+                    if moments is None:
+                        moments = [_RunningMoments() for _ in features]
+                    if len(features) != len(moments):
+                        raise ValueError(
+                            f"model.stage_features returned {len(features)} stages, earlier {len(moments)}")
+                    for s, (acc, feat) in enumerate(zip(moments, features)):
+                        if feat.dim() < 2 or feat.shape[0] != batch.shape[0]:
+                            raise ValueError(
+                                f"stage {s} features must be [B={batch.shape[0]}, C, ...], got {tuple(feat.shape)}")
+                        acc.update(feat)
+                per_subnet.append([_channel_mean(acc.variance()).cpu() for acc in moments])
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+    num_stages = len(per_subnet[0])
+    if subnet is not None:
+        return per_subnet[0]
+    return [torch.stack([per_subnet[i][s] for i in range(m)]) for s in range(num_stages)]

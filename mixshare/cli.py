@@ -1,0 +1,209 @@
+"""``mixshare`` command line: train, eval, analyze, compare."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+
+from mixshare import config as cfg
+from mixshare.methods import PRESETS, preset
+
+DEMO_METHODS = ("single", "cut-mixmo", "unmix-align", "mixshare-fadeout")
+
+
+def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
+    p.add_argument("--dataset", choices=cfg.DATASETS, help="dataset (default: digits, embedded)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
+    p.add_argument("--model", help="wrn-<depth>-<width> (e.g. wrn-28-2, wrn-16-2) or preact-resnet18")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--config", help="YAML file of config keys (see configs/)")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set lr=0.05 unmix_channels=0.5")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def build_config(args, method=None, seed=None) -> cfg.Config:
+    """defaults <- method preset <- --config file <- flags <- --set."""
+    file_values = cfg.load_yaml(args.config) if getattr(args, "config", None) else {}
+    method = method or getattr(args, "method", None) or file_values.get("method") or cfg.Config.method
+    config = cfg.apply(cfg.Config(), preset(method), f"preset {method}")
+    config = cfg.apply(config, {k: v for k, v in file_values.items() if k != "method"}, args.config or "")
+    flags = {
+        "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "epochs": args.epochs,
+        "batch_size": args.batch_size, "device": args.device, "seed": seed if seed is not None else getattr(args, "seed", None),
+    }
+    config = cfg.apply(config, {k: v for k, v in flags.items() if v is not None}, "the command line")
+    if args.no_progress:
+        config = cfg.apply(config, {"progress": False}, "--no-progress")
+    config = cfg.apply(config, cfg.parse_set(args.set), "--set")
+    cfg.validate(config)
+    return config
+
+
+def cmd_train(args) -> int:
+    from mixshare.train import train
+
+    config = build_config(args)
+    report = train(config, args.out, resume=args.resume)
+    if report:
+        print(json.dumps({k: report[k] for k in ("ensemble_accuracy", "subnetwork_accuracy", "nll", "ece",
+                                                 "encoder_share_rate", "classifier_share_rate")}, indent=2))
+    return 0
+
+
+def _model_from_checkpoint(path, device):
+    import torch
+
+    from mixshare.models import build_model
+    from mixshare.train import load_checkpoint, resolve_device
+
+    state = load_checkpoint(path)
+    config = cfg.apply(cfg.Config(), state["config"], path)
+    device = resolve_device(device or "auto")
+    model = build_model(config.model, int(state["num_classes"]), config.num_subnets, config.encoder_init)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), config, state, device
+
+
+def _dataset_for(config, data_dir, device):
+    from mixshare.train import load_data
+
+    if data_dir:
+        config = cfg.apply(config, {"data_dir": data_dir}, "--data-dir")
+    return load_data(config).to(device)
+
+
+def cmd_eval(args) -> int:
+    from mixshare import analysis
+    from mixshare.evaluate import evaluate_model
+
+    model, config, _, device = _model_from_checkpoint(args.checkpoint, args.device)
+    dataset = _dataset_for(config, args.data_dir, device)
+    report = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
+    report["encoder_share_rate"] = analysis.encoder_share_rate(model)
+    report["classifier_share_rate"] = analysis.classifier_share_rate(model)
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from mixshare import analysis
+    from mixshare.evaluate import write_plots
+    from mixshare.train import atomic_write_text
+
+    model, config, state, device = _model_from_checkpoint(args.checkpoint, args.device)
+    dataset = _dataset_for(config, args.data_dir, device)
+    os.makedirs(args.out, exist_ok=True)
+    report = analysis.feature_sharing_report(model)
+    variances = analysis.conditional_variance(model, dataset.test_images[: args.num_images])
+    report["conditional_variance"] = [v.tolist() for v in variances]
+    report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images)
+    atomic_write_text(os.path.join(args.out, "analysis.json"), json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: report[k] for k in ("encoder_share_rate", "classifier_share_rate", "plots")}, indent=2))
+    return 0
+
+
+def _mean_std(values) -> str:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def comparison_table(results: dict) -> str:
+    """Markdown table in the form of MixShare's Table 1 from {method: [metrics, ...]}."""
+    lines = [
+        "| method | ensemble acc. (%) | individual acc. (%) | classifier share rate (%) | encoder share rate (%) | runs |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method, runs in results.items():
+        individual = [sum(r["subnetwork_accuracy"]) / len(r["subnetwork_accuracy"]) for r in runs]
+        lines.append(
+            f"| {method} | {_mean_std([r['ensemble_accuracy'] for r in runs])} | {_mean_std(individual)} | "
+            f"{_mean_std([r['classifier_share_rate'] for r in runs])} | "
+            f"{_mean_std([r['encoder_share_rate'] for r in runs])} | {len(runs)} |"
+        )
+    return "\n".join(lines)
+
+
+def cmd_compare(args) -> int:
+    from mixshare.train import atomic_write_text, train
+
+    results = {}
+    for method in args.methods:
+        results[method] = []
+        for seed in args.seeds:
+            config = build_config(args, method=method, seed=seed)
+            run_dir = os.path.join(args.out, method, f"seed{seed}")
+            metrics_path = os.path.join(run_dir, "metrics.json")
+            if os.path.isfile(metrics_path) and not args.rerun:
+                with open(metrics_path) as fh:
+                    report = json.load(fh)
+            else:
+                print(f"== {method}, seed {seed}: {config.model} on {config.dataset}, {config.epochs} epochs", flush=True)
+                report = train(config, run_dir, resume=True)
+            results[method].append(report)
+    table = comparison_table(results)
+    header = f"{args.dataset or 'digits'}, {results and next(iter(results.values()))[0]['model']}, seeds {args.seeds}"
+    atomic_write_text(os.path.join(args.out, "compare.md"), f"# {header}\n\n{table}\n")
+    atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
+    print(table)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixshare", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one method, evaluate and analyse it")
+    _add_run_options(p)
+    p.add_argument("--method", choices=list(PRESETS), help="method preset (default: mixshare-fadeout)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
+    p.add_argument("checkpoint")
+    p.add_argument("--data-dir")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("analyze", help="feature-sharing analysis and plots of a checkpoint")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data-dir")
+    p.add_argument("--device")
+    p.add_argument("--num-images", type=int, default=256, help="test images for the conditional variance")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("compare", help="several methods x seeds, printed as MixShare's Table 1")
+    _add_run_options(p)
+    p.add_argument("--methods", nargs="+", choices=list(PRESETS), default=list(DEMO_METHODS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--out", required=True)
+    p.add_argument("--rerun", action="store_true", help="retrain runs that already have metrics.json")
+    p.set_defaults(func=cmd_compare)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (cfg.ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"mixshare {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Run configuration: defaults <- method preset <- YAML file <- CLI flags <- --set key=value."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Optional
+
+import yaml
+
+DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
+
+
+@dataclasses.dataclass
+class Config:
+    # data
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    # model
+    model: str = "wrn-28-2"
+    # method (filled by the preset named in `method`, see mixshare.methods)
+    method: str = "mixshare-fadeout"
+    num_subnets: int = 2
+    mixing: str = "cut"  # none | sum | linear | cut
+    cut_prob: float = 1.0  # probability of a CutMix batch (else linear mixing)
+    cut_decay_start: float = 1.0  # fraction of training after which cut_prob decays linearly to 0
+    alpha: float = 2.0  # Dirichlet(alpha) mixing ratios (Beta(alpha, alpha) for M = 2)
+    loss_root: float = 1.0  # MixMo loss reweighting root r (1: none)
+    unmix: bool = False
+    unmix_channels: float = 1.0  # fraction of the final channels unmixed
+    unmix_normalize: str = "mean"  # how the unmixed map is pooled: mean | masked
+    fade_epochs: Optional[float] = None  # fadeout over this many epochs (None: no fadeout)
+    fade_fraction: Optional[float] = None  # ... or over this fraction of training
+    encoder_init: str = "independent"
+    input_repetition: float = 0.0
+    batch_repetition: int = 2
+    # optimisation
+    epochs: int = 300
+    batch_size: int = 64
+    lr: Optional[float] = None  # default 0.1 / b * batch_size / 128
+    momentum: float = 0.9
+    nesterov: bool = True
+    l2: float = 3e-4  # 3e-4 * sum of squared weights (SGD weight decay 2 * l2)
+    warmup_epochs: float = 1.0
+    lr_milestones: tuple = (0.25, 0.5, 0.75)  # fractions of training (75/150/225 of 300)
+    lr_decay: float = 0.1
+    # evaluation
+    ensemble: str = "logits"  # logits | probs
+    eval_batch_size: int = 500
+    # run
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True  # bf16 autocast on GPU
+    channels_last: bool = True  # on GPU
+    compile: bool = False
+    plots: bool = True
+    progress: bool = True
+    synthetic_train: int = 2048  # sizes of the synthetic dataset
+    synthetic_test: int = 512
+    synthetic_classes: int = 100
+    synthetic_size: int = 32
+
+    def lr_value(self) -> float:
+        return self.lr if self.lr is not None else 0.1 / self.batch_repetition * self.batch_size / 128
+
+    def fade_span(self) -> Optional[float]:
+        """Epochs over which unmixing fades out, or None."""
+        if self.fade_epochs is not None:
+            return float(self.fade_epochs)
+        if self.fade_fraction is not None:
+            return self.fade_fraction * self.epochs
+        return None
+
+    def to_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out["lr_milestones"] = list(self.lr_milestones)
+        return out
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+CHOICES = {
+    "dataset": DATASETS,
+    "mixing": ("none", "sum", "linear", "cut"),
+    "unmix_normalize": ("mean", "masked"),
+    "encoder_init": ("independent", "identical", "colinear"),
+    "ensemble": ("logits", "probs"),
+}
+
+
+class ConfigError(ValueError):
+    """An unknown key or a value of the wrong type or range."""
+
+
+def _convert(name: str, value: Any):
+    hint = typing.get_type_hints(Config)[name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise ConfigError(f"{name} cannot be None")
+    try:
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        if base is tuple:
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            return tuple(float(v) for v in value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+
+
+def apply(config: Config, updates: dict, source: str) -> Config:
+    """A copy of ``config`` with ``updates``; unknown keys list the valid ones."""
+    changes = {}
+    for key, value in updates.items():
+        if key not in FIELDS:
+            raise ConfigError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(sorted(FIELDS))}")
+        changes[key] = _convert(key, value)
+    return dataclasses.replace(config, **changes)
+
+
+def load_yaml(path: str) -> dict:
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def parse_set(items) -> dict:
+    """``["key=value", ...]`` -> dict (values parsed as YAML scalars)."""
+    out = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def validate(config: Config) -> None:
+    for key, choices in CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
+    checks = [
+        (config.num_subnets >= 1, "num_subnets must be >= 1"),
+        (config.num_subnets > 1 or config.mixing == "none", "a single network (num_subnets = 1) needs mixing: none"),
+        (config.num_subnets == 1 or config.mixing != "none", "mixing: none needs num_subnets = 1"),
+        (0 <= config.cut_prob <= 1, "cut_prob must be in [0, 1]"),
+        (0 <= config.cut_decay_start <= 1, "cut_decay_start must be in [0, 1]"),
+        (config.alpha > 0, "alpha must be positive"),
+        (config.loss_root > 0, "loss_root must be positive"),
+        (0 <= config.unmix_channels <= 1, "unmix_channels must be a fraction in [0, 1]"),
+        (not config.unmix or config.mixing == "cut" and config.cut_prob == 1.0,
+         "unmixing needs CutMix on every batch (mixing: cut, cut_prob: 1)"),
+        (0 <= config.input_repetition <= 1, "input_repetition must be in [0, 1]"),
+        (config.batch_repetition >= 1, "batch_repetition must be >= 1"),
+        (config.epochs >= 1, "epochs must be >= 1"),
+        (config.batch_size >= 1, "batch_size must be >= 1"),
+        (config.lr is None or (math.isfinite(config.lr) and config.lr > 0), "lr must be positive"),
+        (all(0 < m < 1 for m in config.lr_milestones), "lr_milestones are fractions of training in (0, 1)"),
+        (config.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)

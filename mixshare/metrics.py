@@ -1,0 +1,294 @@
+"""Evaluation metrics for MIMO ensembles: accuracy, calibration and diversity.
+
+Pure functions on tensors (any device). Shapes:
+
+* ``logits``: ``[M, N, K]``, the logits of each of the M subnetworks on the
+  same N test samples (K classes), as a MIMO model's test pass returns them.
+* ``probs``: ``[N, K]``, one predictive distribution per sample (rows sum to 1),
+  e.g. from :func:`ensemble_probs`.
+* ``labels``: ``[N]``, integer class indices in ``[0, K)``.
+
+Every reduction is computed in float64 and every metric returns plain Python
+``float`` (or ``list`` of floats), so results can go straight into JSON.
+
+Conventions:
+
+* accuracies and :func:`disagreement` are in percent (0-100);
+* :func:`ece` is a fraction in [0, 1];
+* :func:`brier` is the sum over classes (range [0, 2]), not the mean over classes;
+* for M = 1 (no pair of subnetworks) :func:`disagreement` and
+  :func:`kl_diversity` are 0.0 and :func:`ratio_of_errors` is nan;
+* :func:`ratio_of_errors` is nan for a pair that never errs together
+  (N00 = 0), and the average over pairs is then nan too.
+
+``json.dumps`` writes nan as ``NaN`` (valid for Python's json module, not for
+strict JSON parsers).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "ENSEMBLE_MODES",
+    "ensemble_probs",
+    "accuracy",
+    "subnetwork_accuracy",
+    "nll",
+    "brier",
+    "ece",
+    "disagreement",
+    "kl_diversity",
+    "ratio_of_errors",
+    "evaluate_logits",
+]
+
+#: Ways to combine the M subnetworks' predictions (see :func:`ensemble_probs`).
+ENSEMBLE_MODES = ("logits", "probs")
+
+#: Probabilities are clamped to at least this before taking logs.
+PROB_EPS = 1e-12
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dim() != 3:
+        raise ValueError(f"{name} must be [M, N, K] (subnetworks, samples, classes), got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {logits.dtype}")
+    m, n, k = logits.shape
+    if m < 1 or n < 1 or k < 1:
+        raise ValueError(f"{name} must have M, N, K >= 1, got shape {tuple(logits.shape)}")
+
+
+def _check_probs(probs: torch.Tensor, name: str = "probs") -> None:
+    if not isinstance(probs, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(probs).__name__}")
+    if probs.dim() != 2:
+        raise ValueError(f"{name} must be [N, K] (samples, classes), got shape {tuple(probs.shape)}")
+    if not probs.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {probs.dtype}")
+    if probs.shape[0] < 1 or probs.shape[1] < 1:
+        raise ValueError(f"{name} must have N, K >= 1, got shape {tuple(probs.shape)}")
+
+
+def _check_labels(labels: torch.Tensor, n: int, k: int) -> None:
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    if labels.dim() != 1 or labels.shape[0] != n:
+        raise ValueError(f"labels must be [N={n}], got shape {tuple(labels.shape)}")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
+    if n and (int(labels.min()) < 0 or int(labels.max()) >= k):
+        raise ValueError(f"labels must lie in [0, {k}), got values in [{int(labels.min())}, {int(labels.max())}]")
+
+
+def _labels_on(labels: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return labels.to(device=ref.device, dtype=torch.long)
+
+
+# --------------------------------------------------------------------------- ensemble
+
+
+def ensemble_probs(logits: torch.Tensor, mode: str = "logits") -> torch.Tensor:
+    """The ensemble's predictive distribution, ``[M, N, K]`` -> ``[N, K]`` (float64).
+
+    mode ``"logits"``: softmax of the mean of the M logits (MixMo's rule);
+    mode ``"probs"``: mean of the M softmaxes (MIMO's rule, a Deep-Ensemble average).
+    """
+    _check_logits(logits)
+    if mode not in ENSEMBLE_MODES:
+        raise ValueError(f"unknown ensemble mode {mode!r}; valid modes: {', '.join(map(repr, ENSEMBLE_MODES))}")
+    z = logits.detach().double()
+    if mode == "logits":
+        return torch.softmax(z.mean(0), dim=-1)
+    return torch.softmax(z, dim=-1).mean(0)
+
+
+def accuracy(probs_or_logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent of ``[N, K]`` probabilities or logits (same argmax) against ``labels [N]``.
+
+    Ties resolve to the lowest class index (``torch.argmax``).
+    """
+    _check_probs(probs_or_logits, "probs_or_logits")
+    n, k = probs_or_logits.shape
+    _check_labels(labels, n, k)
+    pred = probs_or_logits.detach().argmax(-1)
+    return 100.0 * (pred == _labels_on(labels, pred)).double().mean().item()
+
+
+def subnetwork_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Top-1 accuracy in percent of each subnetwork: ``logits [M, N, K]`` -> list of M floats."""
+    _check_logits(logits)
+    _, n, k = logits.shape
+    _check_labels(labels, n, k)
+    pred = logits.detach().argmax(-1)  # [M, N]
+    correct = (pred == _labels_on(labels, pred).unsqueeze(0)).double().mean(1)
+    return [100.0 * v for v in correct.tolist()]
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean negative log-likelihood ``-mean_n log p_n[y_n]`` of ``probs [N, K]`` (nats).
+
+    The true-class probability is clamped to at least ``PROB_EPS`` (1e-12), so a
+    confidently wrong prediction costs at most ``-log(1e-12) ~ 27.6`` nats.
+    """
+    _check_probs(probs)
+    n, k = probs.shape
+    _check_labels(labels, n, k)
+    p = probs.detach().double()
+    p_true = p.gather(1, _labels_on(labels, p).unsqueeze(1)).squeeze(1)
+    return -p_true.clamp_min(PROB_EPS).log().mean().item()
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Brier score of ``probs [N, K]``: ``mean_n sum_k (p_nk - onehot(y_n)_k)^2``.
+
+    Convention: summed over classes and averaged over samples (Brier's original
+    multi-class score, range [0, 2], 0 is perfect). Some libraries also divide
+    by K; this one does not.
+    """
+    _check_probs(probs)
+    n, k = probs.shape
+    _check_labels(labels, n, k)
+    p = probs.detach().double()
+    onehot = F.one_hot(_labels_on(labels, p), k).double()
+    return (p - onehot).pow(2).sum(1).mean().item()
+
+
+def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
+    """Expected calibration error of ``probs [N, K]`` as a fraction in [0, 1] (not percent).
+
+    Confidence is the max probability, correctness is ``argmax == label``. The
+    confidences are put in ``n_bins`` equal-width bins ``(b/n_bins, (b+1)/n_bins]``
+    on (0, 1] (right-closed; a confidence of exactly 0 goes to the first bin), and
+
+        ECE = sum_b (|B_b| / N) * |accuracy(B_b) - mean confidence(B_b)|
+
+    with accuracy as a fraction; empty bins contribute nothing.
+    """
+    _check_probs(probs)
+    n, k = probs.shape
+    _check_labels(labels, n, k)
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive int, got {n_bins!r}")
+    p = probs.detach().double()
+    conf, pred = p.max(1)
+    correct = (pred == _labels_on(labels, p)).double()
+    inner_edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64, device=p.device)[1:-1]
+    # right=False: bin b holds edges[b] < conf <= edges[b + 1]; conf > 1 (rounding) lands in the last bin.
+    bins = torch.bucketize(conf, inner_edges, right=False)
+    count = torch.zeros(n_bins, dtype=torch.float64, device=p.device).index_add_(0, bins, torch.ones_like(conf))
+    conf_sum = torch.zeros_like(count).index_add_(0, bins, conf)
+    correct_sum = torch.zeros_like(count).index_add_(0, bins, correct)
+    # sum_b |B_b|/N * |acc_b - conf_b| = sum_b |correct_sum_b - conf_sum_b| / N
+    return ((correct_sum - conf_sum).abs().sum() / n).item()
+
+
+# --------------------------------------------------------------------------- diversity
+
+
+def _pairs(m: int):
+    return list(itertools.combinations(range(m), 2))
+
+
+def disagreement(logits: torch.Tensor) -> float:
+    """Mean over unordered subnetwork pairs of the % of samples where their argmax predictions differ.
+
+    ``logits [M, N, K]``; the MIMO paper's D_disagreement. 0.0 for M = 1.
+    """
+    _check_logits(logits)
+    m = logits.shape[0]
+    if m < 2:
+        return 0.0
+    pred = logits.detach().argmax(-1)  # [M, N]
+    rates = [(pred[i] != pred[j]).double().mean().item() for i, j in _pairs(m)]
+    return 100.0 * sum(rates) / len(rates)
+
+
+def kl_diversity(logits: torch.Tensor) -> float:
+    """Mean over ordered pairs ``i != j`` of ``mean_n KL(p_i(.|x_n) || p_j(.|x_n))`` (nats).
+
+    ``p_i = softmax(logits[i])``; ``KL(p || q) = sum_k p_k (log p_k - log q_k)``,
+    computed from log-softmaxes (no clamping needed). The MIMO paper's D_KL,
+    symmetrised by averaging both orders. 0.0 for M = 1.
+    """
+    _check_logits(logits)
+    m = logits.shape[0]
+    if m < 2:
+        return 0.0
+    logp = torch.log_softmax(logits.detach().double(), dim=-1)  # [M, N, K]
+    p = logp.exp()
+    # kl[i, j] = mean_n sum_k p_i (log p_i - log p_j)
+    neg_entropy = (p * logp).sum(-1).mean(-1)  # [M]
+    cross = torch.einsum("ink,jnk->ij", p, logp) / logp.shape[1]  # [M, M]: mean_n sum_k p_i log p_j
+    kl = neg_entropy.unsqueeze(1) - cross
+    off_diagonal = ~torch.eye(m, dtype=torch.bool, device=kl.device)
+    return kl[off_diagonal].mean().item()
+
+
+def ratio_of_errors(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """MixMo's ratio-of-errors diversity, averaged over unordered subnetwork pairs.
+
+    For a pair (i, j): N00 = samples both get wrong, N01 + N10 = samples exactly
+    one of them gets wrong; the pair's ratio is ``(N01 + N10) / N00`` (higher is
+    more diverse). Convention: a pair with N00 = 0 has an undefined ratio and
+    gives nan (also when both are always right), and the mean over pairs is then
+    nan (no silent averaging over a subset). nan for M = 1 (no pair).
+    """
+    _check_logits(logits)
+    m, n, k = logits.shape
+    _check_labels(labels, n, k)
+    if m < 2:
+        return math.nan
+    wrong = logits.detach().argmax(-1) != _labels_on(labels, logits).unsqueeze(0)  # [M, N]
+    ratios = []
+    for i, j in _pairs(m):
+        n00 = int((wrong[i] & wrong[j]).sum())
+        single = int((wrong[i] ^ wrong[j]).sum())
+        ratios.append(single / n00 if n00 > 0 else math.nan)
+    return sum(ratios) / len(ratios)
+
+
+# --------------------------------------------------------------------------- everything
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = "logits") -> dict:
+    """All metrics of a MIMO model's test logits ``[M, N, K]`` against ``labels [N]``.
+
+    The calibration metrics (nll, ece, brier) and ensemble_accuracy are those of
+    ``ensemble_probs(logits, ensemble)``. Returns a dict of plain Python values:
+
+    * ``ensemble_accuracy`` (%), ``subnetwork_accuracy`` (list of M %),
+      ``mean_subnetwork_accuracy`` (%, the papers' "individual accuracy"),
+    * ``nll`` (nats), ``ece`` (fraction), ``brier`` (sum over classes),
+    * ``disagreement`` (%), ``kl_diversity`` (nats), ``ratio_of_errors``
+      (for M = 1: 0.0, 0.0 and nan).
+    """
+    _check_logits(logits)
+    _, n, k = logits.shape
+    _check_labels(labels, n, k)
+    probs = ensemble_probs(logits, ensemble)
+    sub_acc = subnetwork_accuracy(logits, labels)
+    return {
+        "ensemble_accuracy": accuracy(probs, labels),
+        "subnetwork_accuracy": sub_acc,
+        "mean_subnetwork_accuracy": sum(sub_acc) / len(sub_acc),
+        "nll": nll(probs, labels),
+        "ece": ece(probs, labels),
+        "brier": brier(probs, labels),
+        "disagreement": disagreement(logits),
+        "kl_diversity": kl_diversity(logits),
+        "ratio_of_errors": ratio_of_errors(logits, labels),
+    }

@@ -1,0 +1,187 @@
+"""MIMO networks: M input encoders, mixing, a shared core, M heads.
+
+Shapes: images ``[M, B, 3, H, W]`` (one batch per subnetwork), logits
+``[M, B, K]``. Training mixes the M encodings with ``mixshare_ops.box_mix``
+and, for the unmixing methods, pools the final map per subnetwork with
+``mixshare_ops.cutmix_unmix_pool``; test time sums the encodings (MixMo).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import mixshare_ops
+
+ENCODER_INITS = ("independent", "identical", "colinear")
+
+
+@dataclasses.dataclass
+class MixPlan:
+    """How one training batch is mixed and unmixed (all on the device).
+
+    boxes: int32 [B, 4] on the mixing grid (the encoder output size);
+    inside / outside: [B, M] weights of each subnetwork inside / outside the box.
+    """
+
+    boxes: torch.Tensor
+    inside: torch.Tensor
+    outside: torch.Tensor
+    scale: float
+    unmix: bool = False
+    unmix_ratio: float = 0.0
+    unmix_channels: Optional[int] = None
+    unmix_normalize: str = "mean"
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation residual block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 (+ shortcut)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+
+    def forward(self, x):
+        pre = F.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(pre)
+        out = self.conv1(pre)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + skip
+
+
+class MimoNet(nn.Module):
+    """M encoders (3x3 conv, 3 -> ``stem``), a pre-activation core, BN-ReLU, M heads.
+
+    ``stages``: list of (channels, blocks, stride). M = 1 is the plain network.
+    """
+
+    def __init__(self, stages, stem: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
+        super().__init__()
+        if num_subnets < 1:
+            raise ValueError(f"num_subnets must be >= 1, got {num_subnets}")
+        if encoder_init not in ENCODER_INITS:
+            raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
+        self.num_subnets = num_subnets
+        self.encoders = nn.ModuleList(nn.Conv2d(3, stem, 3, 1, 1, bias=False) for _ in range(num_subnets))
+        self.stages = nn.ModuleList()
+        channels = stem
+        for width, blocks, stride in stages:
+            layers = []
+            for k in range(blocks):
+                layers.append(PreActBlock(channels, width, stride if k == 0 else 1))
+                channels = width
+            self.stages.append(nn.Sequential(*layers))
+        self.final_bn = nn.BatchNorm2d(channels)
+        self.num_features = channels
+        self.heads = nn.ModuleList(nn.Linear(channels, num_classes) for _ in range(num_subnets))
+        self._init_weights(encoder_init)
+
+    def _init_weights(self, encoder_init: str) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+        first = self.encoders[0].weight
+        with torch.no_grad():
+            for encoder in self.encoders[1:]:
+                if encoder_init == "identical":  # MixShare's kernel alignment
+                    encoder.weight.copy_(first)
+                elif encoder_init == "colinear":  # a random positive multiple (MixShare appendix C)
+                    factor = torch.empty(()).uniform_(0.5, 2.0)
+                    encoder.weight.copy_(first * factor)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [M, B, 3, H, W] -> encodings [M, B, stem, H, W]."""
+        if images.dim() != 5 or images.shape[0] != self.num_subnets:
+            raise ValueError(f"images must be [M={self.num_subnets}, B, 3, H, W], got {tuple(images.shape)}")
+        return torch.stack([enc(img) for enc, img in zip(self.encoders, images)])
+
+    def core(self, mixed: torch.Tensor) -> torch.Tensor:
+        """Mixed encodings [B, stem, H, W] -> final activated map [B, C, h, w]."""
+        for stage in self.stages:
+            mixed = stage(mixed)
+        return F.relu(self.final_bn(mixed))
+
+    def stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps at the end of each core stage, encodings summed (test-time mixing)."""
+        x = self.encode(images).sum(0)
+        features = []
+        for stage in self.stages:
+            x = stage(x)
+            features.append(x)
+        return features
+
+    def forward(self, images: torch.Tensor, plan: Optional[MixPlan] = None) -> torch.Tensor:
+        """images [M, B, 3, H, W] -> logits [M, B, K].
+
+        Without a plan the M encodings are summed (MIMO / MixMo test time);
+        with one they are mixed by ``box_mix`` and, if ``plan.unmix``, the final
+        map is unmixed and pooled per subnetwork.
+        """
+        encoded = self.encode(images)
+        if plan is None or self.num_subnets == 1:
+            mixed = encoded.sum(0)
+        else:
+            mixed = mixshare_ops.box_mix(encoded, plan.boxes, plan.inside, plan.outside, plan.scale)
+        features = self.core(mixed)
+        if plan is not None and plan.unmix and self.num_subnets > 1:
+            pooled = mixshare_ops.cutmix_unmix_pool(
+                features,
+                plan.boxes,
+                plan.inside,
+                plan.outside,
+                box_size=tuple(images.shape[-2:]),
+                ratio=plan.unmix_ratio,
+                channels=plan.unmix_channels,
+                normalize=plan.unmix_normalize,
+            )  # [M, B, C]
+        else:
+            pooled = features.mean(dim=(2, 3)).expand(self.num_subnets, -1, -1)
+        return torch.stack([head(p) for head, p in zip(self.heads, pooled)])
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Test time: the same images [B, 3, H, W] to every encoder -> logits [M, B, K]."""
+        return self(images.unsqueeze(0).expand(self.num_subnets, *images.shape))
+
+
+def wide_resnet(depth: int, width: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
+    """WRN-depth-width (depth = 6n + 4): widths 16, 16w, 32w, 64w; n blocks per stage."""
+    if (depth - 4) % 6 != 0 or depth < 10:
+        raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
+    n = (depth - 4) // 6
+    stages = [(16 * width, n, 1), (32 * width, n, 2), (64 * width, n, 2)]
+    return MimoNet(stages, 16, num_classes, num_subnets, encoder_init)
+
+
+def preact_resnet18(num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
+    """PreActResNet-18 for 64x64 inputs: widths 64-512, two blocks per stage."""
+    stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
+    return MimoNet(stages, 64, num_classes, num_subnets, encoder_init)
+
+
+MODEL_PATTERN = "wrn-<depth>-<width> (depth = 6n + 4, e.g. wrn-28-2, wrn-16-2) or preact-resnet18"
+
+
+def build_model(name: str, num_classes: int, num_subnets: int, encoder_init: str = "independent") -> MimoNet:
+    """A model from its CLI name: ``wrn-<depth>-<width>`` or ``preact-resnet18``."""
+    match = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
+    if match:
+        return wide_resnet(int(match.group(1)), int(match.group(2)), num_classes, num_subnets, encoder_init)
+    if name == "preact-resnet18":
+        return preact_resnet18(num_classes, num_subnets, encoder_init)
+    raise ValueError(f"unknown model {name!r}: expected {MODEL_PATTERN}")

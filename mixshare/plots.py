@@ -1,0 +1,210 @@
+"""Figures for MIMO analyses: feature profiles, conditional variances, training curves.
+
+Each function draws one figure with matplotlib's Agg canvas (no display, and
+no change to pyplot's global backend), writes it as a PNG to ``path``
+atomically (a temporary file in the same folder, then ``os.replace``; the
+folder is created if missing) and returns ``path``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from typing import Optional, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from mixshare.analysis import share_rate
+
+__all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves"]
+
+_SUBNET_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink")
+_OVERLAP_COLOR = "tab:orange"
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):  # torch.Tensor
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _save(fig: Figure, path):
+    """Render ``fig`` as PNG to a temporary file next to ``path``, then move it into place."""
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+    FigureCanvasAgg(fig)
+    try:
+        fig.savefig(tmp, format="png", dpi=fig.dpi)
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _color(i: int) -> str:
+    return _SUBNET_COLORS[i % len(_SUBNET_COLORS)]
+
+
+# --------------------------------------------------------------------------- feature profiles
+
+
+def plot_feature_profiles(profiles, path, title: str = "feature profiles"):
+    """Bars of each subnetwork's normalised feature profile and their overlap (MixShare figures 3 and 5).
+
+    ``profiles [M, F]`` (e.g. :func:`mixshare.analysis.encoder_profiles`): each
+    row is divided by its maximum (an all-zero row stays zero). Features are
+    sorted on x by subnetwork 0's normalised profile minus subnetwork 1's (by
+    subnetwork 0's alone when M = 1), so features of subnetwork 0 come first
+    and those of subnetwork 1 last. Each subnetwork's bars are drawn
+    translucent; the overlap (min over subnetworks) is drawn on top in orange.
+    The share rate (:func:`mixshare.analysis.share_rate`) goes in the title.
+    """
+    h = _to_numpy(profiles)
+    if h.ndim != 2 or h.shape[0] < 1 or h.shape[1] < 1:
+        raise ValueError(f"profiles must be [M, F] with M, F >= 1, got shape {h.shape}")
+    m, f = h.shape
+    rate = share_rate(h)
+    peak = h.max(axis=1, keepdims=True)
+    norm = np.divide(h, peak, out=np.zeros_like(h), where=peak > 0)
+    key = norm[0] - norm[1] if m > 1 else norm[0]
+    order = np.argsort(-key, kind="stable")
+    norm = norm[:, order]
+    overlap = norm.min(axis=0)
+    x = np.arange(f)
+
+    fig = Figure(figsize=(max(6.0, min(16.0, 0.08 * f + 4.0)), 3.6), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for i in range(m):
+        ax.bar(x, norm[i], width=1.0, color=_color(i), alpha=0.45, linewidth=0, label=f"subnetwork {i}")
+    if m > 1:
+        ax.bar(x, overlap, width=1.0, color=_OVERLAP_COLOR, alpha=0.95, linewidth=0, label="overlap (min)")
+    ax.set_xlim(-0.5, f - 0.5)
+    ax.set_ylim(0.0, 1.2)  # headroom for the legend
+    ax.set_xlabel("feature (sorted by normalised profile 0 - profile 1)" if m > 1 else "feature (sorted)")
+    ax.set_ylabel("L1 norm / max")
+    rate_text = "nan" if math.isnan(rate) else f"{rate:.1f}%"
+    ax.set_title(f"{title} (share rate {rate_text})")
+    ax.legend(loc="upper center", fontsize="small", ncol=min(m + 1, 4), frameon=False)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- conditional variance
+
+
+def _set_scale(ax, axis: str, values: np.ndarray) -> None:
+    """log if every value is positive, symlog (linear below the smallest positive) if some are 0."""
+    setter = ax.set_xscale if axis == "x" else ax.set_yscale
+    positive = values[values > 0]
+    if positive.size == 0:
+        return
+    if positive.size == values.size:
+        setter("log")
+    else:
+        setter("symlog", linthresh=float(positive.min()))
+        if values.min() >= 0:  # variances: show no negative half
+            (ax.set_xlim if axis == "x" else ax.set_ylim)(0, None)
+
+
+def plot_conditional_variance(variances: Sequence, path, title: Optional[str] = None):
+    """One scatter panel per stage: each channel's variance w.r.t. input 0 (x) vs input 1 (y).
+
+    ``variances``: list over stages of ``[M, C_s]`` (from
+    :func:`mixshare.analysis.conditional_variance`); for M > 2 only the first two
+    subnetworks are drawn. An axis is logarithmic when all its values are
+    positive (symlog when some are exactly 0). Separated subnetworks put their
+    points along the two axes; shared channels sit near the diagonal (dashed).
+    Needs M >= 2.
+    """
+    stages = [_to_numpy(v) for v in variances]
+    if not stages:
+        raise ValueError("variances must hold at least one stage")
+    for s, v in enumerate(stages):
+        if v.ndim != 2 or v.shape[0] < 2:
+            raise ValueError(f"stage {s}: variances must be [M >= 2, C_s], got shape {v.shape}")
+
+    n = len(stages)
+    fig = Figure(figsize=(3.6 * n, 3.8), dpi=100)
+    for s, v in enumerate(stages):
+        ax = fig.add_subplot(1, n, s + 1)
+        x, y = v[0], v[1]
+        ax.scatter(x, y, s=10, alpha=0.6, color="tab:blue", linewidths=0)
+        finite = np.concatenate([x, y])
+        finite = finite[np.isfinite(finite)]
+        if finite.size and finite.max() > 0:
+            lo = finite[finite > 0].min()
+            hi = finite.max()
+            ax.plot([lo, hi], [lo, hi], linestyle="--", color="gray", linewidth=0.8)
+        _set_scale(ax, "x", x)
+        _set_scale(ax, "y", y)
+        ax.set_xlabel("variance w.r.t. input 0")
+        if s == 0:
+            ax.set_ylabel("variance w.r.t. input 1")
+        ax.set_title(f"stage {s + 1} ({v.shape[1]} channels)", fontsize="medium")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- training curves
+
+
+def _series(history: Sequence[dict], key: str):
+    """(epochs, values) of the rows that have a finite number under ``key``."""
+    xs, ys = [], []
+    for row in history:
+        value = row.get(key)
+        if value is None:
+            continue
+        value = float(value)
+        if math.isfinite(value):
+            xs.append(float(row["epoch"]))
+            ys.append(value)
+    return xs, ys
+
+
+def plot_training_curves(history: Sequence[dict], path, title: Optional[str] = None):
+    """Loss and accuracy against epoch (plus a learning-rate panel when rows have ``lr``).
+
+    ``history``: rows (dicts) with at least ``epoch``, ``train_loss`` and
+    ``train_accuracy``; optional ``test_accuracy``, ``test_loss`` and ``lr``
+    may be missing or None in some rows (e.g. evaluated every few epochs).
+    """
+    rows = list(history)
+    if not rows:
+        raise ValueError("history is empty")
+    for i, row in enumerate(rows):
+        missing = [k for k in ("epoch", "train_loss", "train_accuracy") if k not in row]
+        if missing:
+            raise ValueError(f"history row {i} lacks {', '.join(missing)}")
+
+    panels = [("loss", ("train_loss", "test_loss")), ("accuracy (%)", ("train_accuracy", "test_accuracy"))]
+    has_lr = any(row.get("lr") is not None for row in rows)
+    if has_lr:
+        panels.append(("learning rate", ("lr",)))
+
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
+    for p, (ylabel, keys) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), p + 1)
+        for key, color in zip(keys, ("tab:blue", "tab:orange")):
+            xs, ys = _series(rows, key)
+            if xs:
+                ax.plot(xs, ys, color=color, marker="o" if len(xs) < 30 else None, markersize=3,
+                        linewidth=1.2, label=key.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0] and len(keys) > 1:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

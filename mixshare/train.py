@@ -1,0 +1,296 @@
+"""Training loop: data and augmentation on the device, no host sync inside a step.
+
+``train(config, out_dir)`` writes ``checkpoint.pt`` (each epoch, atomically),
+``history.csv``, ``metrics.json`` and the plots. ``resume=True`` continues from
+the checkpoint; on CPU the resumed run ends with the same weights as an
+uninterrupted one. Under ``torchrun`` it trains with DistributedDataParallel
+(NCCL on GPU, gloo on CPU); rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import random
+import time
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from mixshare import data, methods
+from mixshare.config import Config, validate
+from mixshare.evaluate import evaluate_model, final_report
+from mixshare.models import build_model
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------ file I/O
+
+
+def atomic_write_bytes(path: str, payload: bytes) -> None:
+    """Writes via a temporary file in the same folder and a rename."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        fh.write(payload)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def save_checkpoint(path: str, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """Loads a checkpoint with ``weights_only=True`` (no arbitrary code)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def write_history(path: str, rows: list[dict]) -> None:
+    if not rows:
+        return
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, out.getvalue())
+
+
+# --------------------------------------------------------------- set-up
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@dataclasses.dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: torch.device) -> Distributed:
+    """Joins the process group torchrun describes (WORLD_SIZE > 1)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Distributed()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Distributed(dist.get_rank(), dist.get_world_size())
+
+
+def lr_factor(config: Config, step: int, steps_per_epoch: int) -> float:
+    """Linear warmup over ``warmup_epochs``, x``lr_decay`` at each milestone."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    progress = step / (config.epochs * steps_per_epoch)
+    passed = sum(progress >= m for m in config.lr_milestones)
+    return factor * config.lr_decay**passed
+
+
+def load_data(config: Config) -> data.ImageDataset:
+    if config.dataset == "synthetic":
+        return data.synthetic_dataset(
+            config.synthetic_train, config.synthetic_test, config.synthetic_classes, size=config.synthetic_size,
+            seed=config.seed,
+        )
+    return data.load_dataset(config.dataset, config.data_dir)
+
+
+# ----------------------------------------------------------------- a step
+
+
+def mimo_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Sum over subnetworks of the per-sample-weighted cross-entropy.
+
+    logits [M, R, K], labels [M, R], weights [R, M] -> scalar.
+    """
+    m, r, k = logits.shape
+    ce = F.cross_entropy(logits.reshape(m * r, k).float(), labels.reshape(m * r), reduction="none").view(m, r)
+    return (ce * weights.t()).mean(dim=1).sum()
+
+
+# ---------------------------------------------------------------- training
+
+
+def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: Optional[int] = None) -> dict:
+    """Trains, evaluates and analyses; returns the final metrics.
+
+    ``stop_after_epoch`` ends the run early after that epoch (as if killed),
+    leaving a checkpoint to resume from.
+    """
+    validate(config)
+    device = resolve_device(config.device)
+    ddp = setup_distributed(device)
+    if ddp.enabled and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", ddp.rank)))
+        torch.cuda.set_device(device)
+    os.makedirs(out_dir, exist_ok=True)
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+
+    torch.manual_seed(config.seed)
+    dataset = load_data(config).to(device)
+    model = build_model(config.model, dataset.num_classes, config.num_subnets, config.encoder_init).to(device)
+    on_gpu = device.type == "cuda"
+    if on_gpu and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = model
+    if config.compile:
+        model.stages = torch.compile(model.stages)  # the heavy part; mixing ops are fused already
+    if ddp.enabled:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
+
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr_value(), momentum=config.momentum, nesterov=config.nesterov,
+        weight_decay=2 * config.l2,
+    )
+    num_train = dataset.train_images.shape[0]
+    steps = data.steps_per_epoch(num_train, config.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s, steps))
+    # Two device generators: batches (identical on every rank) and
+    # per-sample augmentation/mixing draws (one stream per rank).
+    batch_gen = torch.Generator(device).manual_seed(config.seed + 1)
+    mix_gen = torch.Generator(device).manual_seed(config.seed + 2 + 1000 * ddp.rank)
+    host_rng = random.Random(config.seed + 3 + 1000 * ddp.rank)
+    history: list[dict] = []
+    start_epoch = 0
+
+    if resume and os.path.isfile(ckpt_path):
+        state = load_checkpoint(ckpt_path, map_location=device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        batch_gen.set_state(state["batch_gen"].cpu())
+        mix_gen.set_state(state["mix_gen"].cpu())
+        host_rng.setstate(_tuplify(state["host_rng"]))
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+
+    grid = tuple(dataset.train_images.shape[-2:])
+    for epoch in range(start_epoch, config.epochs):
+        net.train()
+        progress = epoch / config.epochs
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
+        seen = 0
+        batches = data.mimo_batches(
+            num_train, config.batch_size, config.num_subnets, config.batch_repetition, config.input_repetition,
+            batch_gen, device,
+        )
+        bar = _progress(batches, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress and ddp.main)
+        for index in bar:  # [M, R]
+            if ddp.enabled:  # each rank takes its share of the rows
+                share = index.shape[1] // ddp.world_size
+                index = index[:, ddp.rank * share : (ddp.rank + 1) * share]
+            m, r = index.shape
+            images = dataset.train_images[index.reshape(-1)]
+            images = data.augment(images, dataset.hflip, mix_gen).view(m, r, *images.shape[1:])
+            labels = dataset.train_labels[index]
+            if on_gpu and config.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
+            plan, weights = methods.sample_plan(
+                config, r, grid, epoch, progress, mix_gen, host_rng, model.num_features
+            )
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and config.bf16):
+                logits = net(images, plan)
+            loss = mimo_loss(logits, labels, weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            correct += (logits.detach().argmax(-1) == labels).sum()
+            seen += m * r
+        # One sync per epoch.
+        stats = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
+        if ddp.enabled:
+            dist.all_reduce(stats)
+        loss_total, correct_total, seen_total = stats.tolist()
+        train_loss = loss_total / (steps * ddp.world_size)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                f"training loss became {train_loss} in epoch {epoch + 1}; stopping. The last good checkpoint "
+                f"(after epoch {epoch}) is kept at {ckpt_path}. Try a lower lr or disabling bf16."
+            )
+        test = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
+        row = {
+            "epoch": epoch + 1,
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_loss": train_loss,
+            "train_accuracy": 100.0 * correct_total / max(seen_total, 1),
+            "test_accuracy": test["ensemble_accuracy"],
+            "test_nll": test["nll"],
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(row)
+        if ddp.main:
+            save_checkpoint(
+                ckpt_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "batch_gen": batch_gen.get_state(),
+                    "mix_gen": mix_gen.get_state(),
+                    "host_rng": list(_listify(host_rng.getstate())),
+                    "history": history,
+                    "epoch": epoch + 1,
+                    "config": config.to_dict(),
+                    "num_classes": dataset.num_classes,
+                },
+            )
+            write_history(os.path.join(out_dir, "history.csv"), history)
+        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+            return {}
+
+    report = final_report(model, dataset, config, history, out_dir if ddp.main else None)
+    if ddp.main:
+        atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _listify(state):
+    """random.Random state -> nested lists (weights_only checkpoints hold plain data)."""
+    return [list(s) if isinstance(s, tuple) else s for s in state]
+
+
+def _tuplify(state):
+    return tuple(tuple(s) if isinstance(s, list) else s for s in state)

@@ -1,0 +1,221 @@
+"""mixshare.metrics against values computed by hand on tiny tensors."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mixshare import metrics
+
+# Two subnetworks, four samples, three classes.
+#   subnetwork 0 predicts [0, 1, 2, 0], subnetwork 1 predicts [0, 2, 1, 2]; labels [0, 1, 1, 1]
+#   -> subnetwork 0 right on samples 0, 1; subnetwork 1 right on samples 0, 2.
+LOGITS = torch.tensor(
+    [
+        [[3.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0], [3.0, 0.0, 0.0]],
+        [[2.0, 0.0, 0.0], [0.0, 0.0, 2.0], [0.0, 2.0, 0.0], [0.0, 0.0, 2.0]],
+    ]
+)
+LABELS = torch.tensor([0, 1, 1, 1])
+
+
+def softmax(row):
+    exps = [math.exp(v) for v in row]
+    return [e / sum(exps) for e in exps]
+
+
+def test_accuracy_and_subnetwork_accuracy():
+    assert metrics.subnetwork_accuracy(LOGITS, LABELS) == pytest.approx([50.0, 50.0])
+    # mean logits: [2.5, 0, 0] -> 0 (right), [0, 1.5, 1] -> 1 (right), [0, 1, 1.5] -> 2, [1.5, 0, 1] -> 0
+    assert metrics.accuracy(LOGITS.mean(0), LABELS) == pytest.approx(50.0)
+    assert metrics.accuracy(metrics.ensemble_probs(LOGITS), LABELS) == pytest.approx(50.0)
+    assert metrics.accuracy(LOGITS[0], LABELS) == pytest.approx(50.0)
+    assert metrics.accuracy(torch.eye(3)[[0, 1, 1, 1]], LABELS) == pytest.approx(100.0)
+    assert isinstance(metrics.accuracy(LOGITS[0], LABELS), float)
+
+
+def test_ensemble_modes_by_hand():
+    # One sample where the two rules disagree: averaging logits lets subnetwork 1's
+    # strong -10 veto class 0; averaging probabilities keeps subnetwork 0's confident class 0.
+    logits = torch.tensor([[[3.0, 0.0, 0.0]], [[-10.0, 1.0, 0.0]]])
+    by_logits = metrics.ensemble_probs(logits, "logits")
+    by_probs = metrics.ensemble_probs(logits, mode="probs")
+    assert by_logits.shape == by_probs.shape == (1, 3)
+    expected_logits = softmax([-3.5, 0.5, 0.0])
+    p0, p1 = softmax([3.0, 0.0, 0.0]), softmax([-10.0, 1.0, 0.0])
+    expected_probs = [(a + b) / 2 for a, b in zip(p0, p1)]
+    assert by_logits[0].tolist() == pytest.approx(expected_logits, abs=1e-12)
+    assert by_probs[0].tolist() == pytest.approx(expected_probs, abs=1e-12)
+    assert int(by_logits.argmax()) == 1 and int(by_probs.argmax()) == 0
+    assert metrics.ensemble_probs(logits).tolist() == by_logits.tolist()  # default is MixMo's rule
+
+
+def test_ensemble_unknown_mode_lists_valid_ones():
+    with pytest.raises(ValueError, match="logits.*probs"):
+        metrics.ensemble_probs(LOGITS, "vote")
+    with pytest.raises(ValueError, match="unknown ensemble mode"):
+        metrics.evaluate_logits(LOGITS, LABELS, ensemble="median")
+
+
+PROBS = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.25, 0.5, 0.25]], dtype=torch.float64)
+PROB_LABELS = torch.tensor([0, 1, 0, 2])
+
+
+def test_nll_by_hand():
+    expected = -(math.log(0.7) + math.log(0.8) + math.log(0.3) + math.log(0.25)) / 4
+    assert metrics.nll(PROBS, PROB_LABELS) == pytest.approx(expected, rel=1e-12)
+
+
+def test_nll_clamps_zero_probability():
+    probs = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    value = metrics.nll(probs, torch.tensor([1, 0]))
+    assert math.isfinite(value)
+    assert value == pytest.approx((-math.log(metrics.PROB_EPS) - math.log(0.5)) / 2)
+
+
+def test_brier_by_hand():
+    # per sample: 0.3^2+0.2^2+0.1^2, 0.1^2+0.2^2+0.1^2, 0.7^2+0.3^2+0.4^2, 0.25^2+0.5^2+0.75^2
+    expected = (0.14 + 0.06 + 0.74 + 0.875) / 4
+    assert metrics.brier(PROBS, PROB_LABELS) == pytest.approx(expected, rel=1e-12)
+    assert metrics.brier(torch.eye(3), torch.tensor([0, 1, 2])) == 0.0
+    assert metrics.brier(torch.eye(2), torch.tensor([1, 0])) == pytest.approx(2.0)  # worst case
+
+
+def test_ece_by_hand_15_bins():
+    probs = torch.tensor(
+        [
+            [0.70, 0.20, 0.10],  # conf 0.70 -> bin 10 = (10/15, 11/15], right
+            [0.10, 0.72, 0.18],  # conf 0.72 -> bin 10, wrong
+            [0.45, 0.30, 0.25],  # conf 0.45 -> bin 6 = (6/15, 7/15], right
+            [0.95, 0.03, 0.02],  # conf 0.95 -> bin 14, right
+            [0.05, 0.20, 0.75],  # conf 0.75 -> bin 11, wrong
+        ]
+    )
+    labels = torch.tensor([0, 0, 0, 0, 1])
+    expected = 2 / 5 * abs(0.5 - 0.71) + 1 / 5 * abs(1 - 0.45) + 1 / 5 * abs(1 - 0.95) + 1 / 5 * abs(0 - 0.75)
+    assert expected == pytest.approx(0.354)
+    assert metrics.ece(probs, labels) == pytest.approx(expected, abs=1e-6)
+    assert metrics.ece(probs, labels, n_bins=15) == pytest.approx(expected, abs=1e-6)
+    # one bin: |accuracy - mean confidence| over everything
+    assert metrics.ece(probs, labels, n_bins=1) == pytest.approx(abs(3 / 5 - 3.57 / 5), abs=1e-6)
+
+
+def test_ece_bins_are_right_closed():
+    # conf 0.5 (right) and 0.9 (wrong) with two bins (0, 0.5] and (0.5, 1]:
+    # separate bins -> 0.5*|1-0.5| + 0.5*|0-0.9| = 0.7 (a shared bin would give 0.2).
+    probs = torch.tensor([[0.5, 0.5], [0.1, 0.9]], dtype=torch.float64)
+    assert metrics.ece(probs, torch.tensor([0, 0]), n_bins=2) == pytest.approx(0.7)
+    # a confidence of exactly 1 goes to the last bin; a perfect, certain model has ECE 0
+    assert metrics.ece(torch.eye(3), torch.tensor([0, 1, 2])) == 0.0
+    with pytest.raises(ValueError, match="n_bins"):
+        metrics.ece(probs, torch.tensor([0, 0]), n_bins=0)
+
+
+def test_disagreement_by_hand():
+    # predictions [0, 1, 2, 0] vs [0, 2, 1, 2]: differ on 3 of 4 samples
+    assert metrics.disagreement(LOGITS) == pytest.approx(75.0)
+    assert metrics.disagreement(LOGITS[[0, 0]]) == 0.0
+    # three subnetworks: pairs (0,1) 75%, (0,2) 0%, (1,2) 75% -> 50%
+    assert metrics.disagreement(LOGITS[[0, 1, 0]]) == pytest.approx(50.0)
+    assert metrics.disagreement(LOGITS[:1]) == 0.0
+
+
+def kl_by_hand(p, q):
+    return sum(a * (math.log(a) - math.log(b)) for a, b in zip(p, q))
+
+
+def test_kl_diversity_zero_for_identical_subnetworks():
+    assert metrics.kl_diversity(LOGITS[[1, 1, 1]]) == pytest.approx(0.0, abs=1e-12)
+    assert metrics.kl_diversity(LOGITS[:1]) == 0.0
+
+
+def test_kl_diversity_by_hand():
+    logits = torch.tensor([[[1.0, 0.0, -1.0], [0.0, 2.0, 0.5]], [[0.0, 0.5, 0.0], [1.0, -1.0, 3.0]]])
+    p = [[softmax(row) for row in sub] for sub in logits.tolist()]
+    kl_01 = (kl_by_hand(p[0][0], p[1][0]) + kl_by_hand(p[0][1], p[1][1])) / 2
+    kl_10 = (kl_by_hand(p[1][0], p[0][0]) + kl_by_hand(p[1][1], p[0][1])) / 2
+    value = metrics.kl_diversity(logits)
+    assert value > 0
+    assert value == pytest.approx((kl_01 + kl_10) / 2, rel=1e-6)
+
+
+def test_kl_diversity_three_subnetworks_matches_pairwise_loop():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 7, 5, dtype=torch.float64)
+    logp = torch.log_softmax(logits, -1)
+    pairs = [(i, j) for i in range(3) for j in range(3) if i != j]
+    expected = sum((logp[i].exp() * (logp[i] - logp[j])).sum(-1).mean().item() for i, j in pairs) / len(pairs)
+    assert metrics.kl_diversity(logits) == pytest.approx(expected, rel=1e-10)
+
+
+def test_ratio_of_errors_by_hand():
+    # wrong: subnetwork 0 on samples 2, 3; subnetwork 1 on samples 1, 3
+    # N00 = 1 (sample 3), N01 + N10 = 2 (samples 1, 2) -> 2.0
+    assert metrics.ratio_of_errors(LOGITS, LABELS) == pytest.approx(2.0)
+    # pairs (0,1): 2, (0,2): 0 / 2 = 0 (identical), (1,2): 2 -> 4/3
+    assert metrics.ratio_of_errors(LOGITS[[0, 1, 0]], LABELS) == pytest.approx(4 / 3)
+
+
+def test_ratio_of_errors_undefined_without_shared_errors():
+    # labels [0, 1, 2, 2]: subnetwork 0 wrong on sample 3 only, subnetwork 1 on samples 1, 2 -> N00 = 0
+    assert math.isnan(metrics.ratio_of_errors(LOGITS, torch.tensor([0, 1, 2, 2])))
+    # both always right: 0 / 0
+    assert math.isnan(metrics.ratio_of_errors(LOGITS[[0, 0]], torch.tensor([0, 1, 2, 0])))
+    assert math.isnan(metrics.ratio_of_errors(LOGITS[:1], LABELS))  # M = 1: no pair
+
+
+def test_evaluate_logits_keys_values_and_json():
+    result = metrics.evaluate_logits(LOGITS, LABELS)
+    assert set(result) == {
+        "ensemble_accuracy", "subnetwork_accuracy", "mean_subnetwork_accuracy", "nll", "ece", "brier",
+        "disagreement", "kl_diversity", "ratio_of_errors",
+    }
+    probs = metrics.ensemble_probs(LOGITS, "logits")
+    assert result["ensemble_accuracy"] == pytest.approx(50.0)
+    assert result["subnetwork_accuracy"] == pytest.approx([50.0, 50.0])
+    assert result["mean_subnetwork_accuracy"] == pytest.approx(50.0)
+    assert result["nll"] == pytest.approx(metrics.nll(probs, LABELS))
+    assert result["ece"] == pytest.approx(metrics.ece(probs, LABELS))
+    assert result["brier"] == pytest.approx(metrics.brier(probs, LABELS))
+    assert result["disagreement"] == pytest.approx(75.0)
+    assert result["ratio_of_errors"] == pytest.approx(2.0)
+    for key, value in result.items():
+        if key == "subnetwork_accuracy":
+            assert isinstance(value, list) and all(type(v) is float for v in value)
+        else:
+            assert type(value) is float, key
+    assert json.loads(json.dumps(result)) == result
+
+    by_probs = metrics.evaluate_logits(LOGITS, LABELS, ensemble="probs")
+    assert by_probs["nll"] == pytest.approx(metrics.nll(metrics.ensemble_probs(LOGITS, "probs"), LABELS))
+
+
+def test_evaluate_logits_single_subnetwork():
+    result = metrics.evaluate_logits(LOGITS[:1], LABELS)
+    assert result["subnetwork_accuracy"] == pytest.approx([50.0])
+    assert result["ensemble_accuracy"] == pytest.approx(50.0)
+    assert result["disagreement"] == 0.0 and result["kl_diversity"] == 0.0
+    assert math.isnan(result["ratio_of_errors"])
+    json.dumps(result)  # NaN is written as NaN
+
+
+def test_low_precision_logits():
+    result = metrics.evaluate_logits(LOGITS.half(), LABELS)
+    assert result["ensemble_accuracy"] == pytest.approx(50.0)
+    assert result["nll"] == pytest.approx(metrics.evaluate_logits(LOGITS, LABELS)["nll"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "logits, labels, error",
+    [
+        (LOGITS[0], LABELS, ValueError),  # not [M, N, K]
+        (LOGITS, LABELS[:3], ValueError),  # N mismatch
+        (LOGITS, torch.tensor([0, 1, 3, 1]), ValueError),  # label out of range
+        (LOGITS, LABELS.float(), TypeError),  # float labels
+        (LOGITS.long(), LABELS, TypeError),  # integer logits
+    ],
+)
+def test_bad_inputs(logits, labels, error):
+    with pytest.raises(error):
+        metrics.evaluate_logits(logits, labels)

@@ -1,0 +1,148 @@
+"""End to end on CPU: every method trains, resume equality, NaN stop, 2-process gloo, CLI."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from mixshare import cli, methods, train
+from mixshare.config import Config, apply
+
+TINY = dict(
+    dataset="synthetic", synthetic_train=48, synthetic_test=24, synthetic_classes=4, synthetic_size=12,
+    model="wrn-10-1", batch_size=12, epochs=2, progress=False, plots=False, eval_batch_size=24,
+)
+TINY_ARGS = ["--set"] + [f"{k}={v}" for k, v in TINY.items()]
+
+
+def tiny_config(method, **overrides):
+    config = apply(Config(), methods.preset(method), method)
+    return apply(config, dict(TINY, **overrides), "test")
+
+
+@pytest.mark.parametrize("method", list(methods.PRESETS))
+def test_every_method_trains_end_to_end(method, tmp_path):
+    report = train.train(tiny_config(method, plots=method == "mixshare-fadeout"), str(tmp_path))
+    for key in ("ensemble_accuracy", "subnetwork_accuracy", "nll", "ece", "brier", "disagreement",
+                "encoder_share_rate", "classifier_share_rate"):
+        assert key in report
+    assert len(report["subnetwork_accuracy"]) == (1 if method == "single" else 2)
+    assert 0 <= report["ensemble_accuracy"] <= 100
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["ensemble_accuracy"] == report["ensemble_accuracy"]
+    lines = (tmp_path / "history.csv").read_text().splitlines()
+    assert lines[0].startswith("epoch,lr,train_loss") and len(lines) == 3
+    state = train.load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert state["epoch"] == 2
+    if method == "mixshare-fadeout":
+        for name in ("training_curves", "encoder_profiles", "classifier_profiles", "conditional_variance"):
+            assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
+    config = tiny_config("mixshare-fadeout", epochs=3)
+    train.train(config, str(tmp_path / "full"))
+    train.train(config, str(tmp_path / "resumed"), stop_after_epoch=1)
+    assert train.load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))["epoch"] == 1
+    train.train(config, str(tmp_path / "resumed"), resume=True)
+    full = train.load_checkpoint(str(tmp_path / "full" / "checkpoint.pt"))
+    resumed = train.load_checkpoint(str(tmp_path / "resumed" / "checkpoint.pt"))
+    assert full["epoch"] == resumed["epoch"] == 3
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss = train.mimo_loss
+    calls = {"n": 0}
+
+    def loss_going_nan(*args):
+        calls["n"] += 1
+        loss = real_loss(*args)
+        return loss * float("nan") if calls["n"] > 4 else loss  # 4 steps per epoch
+
+    monkeypatch.setattr(train, "mimo_loss", loss_going_nan)
+    with pytest.raises(train.TrainingDiverged, match="became nan in epoch 2.*last good checkpoint"):
+        train.train(tiny_config("cut-mixmo", epochs=3), str(tmp_path))
+    state = train.load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_checkpoints_refuse_arbitrary_objects(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": Evil()}, path, pickle_module=pickle)
+    with pytest.raises(pickle.UnpicklingError):
+        train.load_checkpoint(str(path))
+    assert not (tmp_path / "pwned").exists()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes(tmp_path):
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        "--master_addr=127.0.0.1", "-m", "mixshare", "train", "--method", "cut-mixmo", "--out", str(tmp_path),
+        "--device", "cpu", "--no-progress", *TINY_ARGS,
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert len(report["subnetwork_accuracy"]) == 2
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 3
+
+
+def test_cli_train_eval_analyze_compare(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--method", "unmix-align", "--out", str(out), *TINY_ARGS]) == 0
+    capsys.readouterr()
+    assert cli.main(["eval", str(out / "checkpoint.pt")]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert "ensemble_accuracy" in evaluated
+    assert cli.main(["analyze", str(out / "checkpoint.pt"), "--out", str(tmp_path / "analysis"), "--num-images", "8"]) == 0
+    assert (tmp_path / "analysis" / "analysis.json").exists()
+    assert (tmp_path / "analysis" / "classifier_profiles.png").exists()
+    capsys.readouterr()
+    assert cli.main(["compare", "--methods", "single", "unmix", "--seeds", "0", "1", "--out", str(tmp_path / "cmp"),
+                     *TINY_ARGS, "epochs=1"]) == 0
+    table = capsys.readouterr().out
+    assert "| method | ensemble acc. (%) | individual acc. (%) | classifier share rate (%)" in table
+    assert "| single |" in table and "| unmix |" in table and " ± " in table
+    assert (tmp_path / "cmp" / "compare.md").exists()
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "--method", "mixup", "--out", "x"], r"invalid choice: 'mixup' \(choose from '?single'?, '?mimo"),
+        (["train", "--dataset", "mnist", "--out", "x"], r"invalid choice: 'mnist' \(choose from '?digits'?, '?cifar10"),
+        (["train", "--out", "x", "--set", "epoch=3"], "unknown config key 'epoch'"),
+        (["train", "--out", "x", "--model", "resnet50"], "unknown model 'resnet50'"),
+        (["train", "--out", "x", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["train", "--out", "x", "--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar-10-batches-py"),
+    ],
+)
+def test_cli_errors_list_valid_choices(argv, message, capsys, tmp_path):
+    argv = [a if a != "x" else str(tmp_path / "x") for a in argv]
+    try:
+        code = cli.main(argv + ["--no-progress"])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    assert code == 2
+    assert re.search(message, capsys.readouterr().err)
