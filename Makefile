@@ -1,6 +1,7 @@
-# One command sets everything up on a fresh machine and runs the tests:
+# Two commands do all the set-up on a fresh machine:
 #
-#     make test
+#     make demo    # the main job: single vs Cut-MixMo vs MixShare on the embedded digits
+#     make test    # the test suite (what .ci/run runs)
 #
 # It creates .venv (seeing the system's packages, so an existing torch, e.g. a
 # CUDA build on a GPU machine, is reused), installs torch only if none is
@@ -15,7 +16,10 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 
-.PHONY: setup build test test-fast clean
+DEMO_OUT ?= runs/demo
+DEMO_ARGS ?= --dataset digits --model wrn-10-1 --epochs 6 --seeds 0 1 --set batch_repetition=1
+
+.PHONY: setup build test test-fast demo clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -41,6 +45,10 @@ test: setup
 # The suite without the slow build checks (CMake, nvcc).
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/mixshare compare --methods single cut-mixmo unmix-align mixshare-fadeout --out $(DEMO_OUT) $(DEMO_ARGS)
+	@echo "plots and metrics: $(DEMO_OUT)/<method>/seed<k>/; table: $(DEMO_OUT)/compare.md"
 
 clean:
 	rm -rf build mixshare_ops/_C*.so *.egg-info

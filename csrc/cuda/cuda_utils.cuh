@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "../box_math.h"
 
@@ -24,7 +25,7 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxGridX = 2147483647;  // 2^31 - 1
 constexpr int64_t kMaxGridY = 65535;
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+__host__ __device__ __forceinline__ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Grid of kThreads-wide blocks for "per-sample" kernels: x covers `per_sample`
 // work items of one sample, y covers the samples. Kernels loop over both with
@@ -38,6 +39,17 @@ inline dim3 sample_grid(int64_t per_sample, int64_t samples) {
 // 1-D grid with `blocks` blocks, capped (kernels use grid-stride loops).
 inline unsigned flat_grid(int64_t blocks) {
   return static_cast<unsigned>(std::min(std::max<int64_t>(blocks, 1), kMaxGridX));
+}
+
+// Calls fn(std::integral_constant<int, A>()) if `first`, else with B: picks a
+// kernel instantiation from a runtime condition.
+template <int A, int B, typename Fn>
+void select_int(bool first, Fn&& fn) {
+  if (first) {
+    fn(std::integral_constant<int, A>());
+  } else {
+    fn(std::integral_constant<int, B>());
+  }
 }
 
 // Elements of T in one 128-bit access.

@@ -55,19 +55,19 @@ __global__ void __launch_bounds__(cuda::kThreads)
 }
 
 std::tuple<at::Tensor, at::Tensor> cutmix_boxes_cuda(const at::Tensor& lam, const at::Tensor& center, int64_t height,
-                                                     int64_t width) {
-  const BoxSampleArg arg = box_sample_arg(lam, center, height, width);
+                                                     int64_t width, bool check_values) {
+  const BoxSampleArg arg = box_sample_arg(lam, center, height, width, check_values);
   const int64_t batch = arg.lam.size(0);
   const c10::cuda::CUDAGuard guard(lam.device());
   at::Tensor boxes = at::empty({batch, 4}, lam.options().dtype(at::kInt));
   at::Tensor area = at::empty({batch}, arg.lam.options());
   AT_DISPATCH_FLOATING_TYPES(arg.lam.scalar_type(), "cutmix_boxes_cuda", [&] {
     if (batch == 0) return;
-    cutmix_boxes_kernel<scalar_t>
-        <<<cuda::flat_grid(cuda::ceil_div(batch, cuda::kThreads)), cuda::kThreads, 0,
-           c10::cuda::getCurrentCUDAStream()>>>(arg.lam.const_data_ptr<scalar_t>(), arg.center.const_data_ptr<scalar_t>(),
-                                                batch, height, width, boxes.data_ptr<int32_t>(),
-                                                area.data_ptr<scalar_t>());
+    const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+    const unsigned blocks = cuda::flat_grid(cuda::ceil_div(batch, cuda::kThreads));
+    cutmix_boxes_kernel<scalar_t><<<blocks, cuda::kThreads, 0, stream>>>(
+        arg.lam.const_data_ptr<scalar_t>(), arg.center.const_data_ptr<scalar_t>(), batch, height, width,
+        boxes.data_ptr<int32_t>(), area.data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {boxes, area.to(lam.scalar_type())};
@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> cutmix_boxes_cuda(const at::Tensor& lam, cons
 at::Tensor cutmix_mask_cuda(const at::Tensor& boxes, int64_t height, int64_t width, at::ScalarType dtype) {
   check_positive_size(height, "height");
   check_positive_size(width, "width");
-  TORCH_CHECK(boxes.dim() == 2, "boxes must have shape [B, 4], got ", boxes.sizes());
+  TORCH_CHECK_VALUE(boxes.dim() == 2, "boxes must have shape [B, 4], got ", boxes.sizes());
   const int64_t batch = boxes.size(0);
   const at::Tensor boxes_c = boxes_arg(boxes, boxes, "boxes", batch, height, width);
   const c10::cuda::CUDAGuard guard(boxes.device());

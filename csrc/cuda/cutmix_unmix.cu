@@ -5,13 +5,13 @@
 // side. Grid: y over samples b, x over chunks of VEC consecutive elements
 // (memory order) of b's [C, h, w] slice: one 128-bit access per tensor and
 // chunk when the slice size, strides and pointers allow it (VEC =
-// 16 / sizeof(scalar_t)), else VEC = 1. Each chunk's (c, y, x) comes from
-// detail::split_slice_index for its first element and is stepped in memory
-// order for the others (a chunk may cross rows and channels, both layouts).
+// 16 / sizeof(scalar_t)), else VEC = 1. A chunk's (c, y, x) comes from
+// detail::split_slice_index for its first element; cuda::Chunk then reads
+// the chunk's masks with one vector load (NCHW, h * w % VEC == 0), one scalar
+// load (channels_last, C % VEC == 0), or per element otherwise.
 //
-// To tune on a GPU: block size, several chunks per thread, vector loads of the
-// mask table (consecutive cells in NCHW chunks), staging a sample's masks in
-// shared memory when h * w is small.
+// To tune on a GPU: block size, several chunks per thread, staging a sample's
+// masks in shared memory when h * w is small.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -30,26 +30,10 @@
 namespace mixshare_ops {
 namespace {
 
-// For the VEC elements of the chunk starting at k0: the mask table cell
-// y * w + x, and whether the channel is unmixed (c < channels) or passes
-// through.
-template <int VEC>
-__device__ __forceinline__ void chunk_cells(Layout layout, int64_t k0, int64_t num_channels, int64_t h, int64_t w,
-                                            int64_t channels, int64_t (&cell)[VEC], bool (&unmixed)[VEC]) {
-  int64_t c, y, x;
-  detail::split_slice_index(layout, k0, num_channels, h, w, c, y, x);
-#pragma unroll
-  for (int j = 0; j < VEC; ++j) {
-    cell[j] = y * w + x;
-    unmixed[j] = c < channels;
-    if (j + 1 < VEC) cuda::next_in_slice(layout, c, y, x, num_channels, h, w);
-  }
-}
-
 // out[i, b, k] = features[b, k] * mask_i(b, y, x) for c < channels, else
 // features[b, k]. out is a fresh [M, B, C, h, w] tensor (slices in the
 // features' layout), so its M stride is B * slice.
-template <typename scalar_t, int VEC>
+template <typename scalar_t, int VEC, cuda::ChunkKind KIND>
 __global__ void __launch_bounds__(cuda::kThreads)
     cutmix_unmix_kernel(const scalar_t* __restrict__ src, const at::opmath_type<scalar_t>* __restrict__ masks,
                         int64_t subnets, int64_t batch, int64_t num_channels, int64_t h, int64_t w,
@@ -62,16 +46,18 @@ __global__ void __launch_bounds__(cuda::kThreads)
     for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < nvec;
          v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t k0 = v * VEC;
-      int64_t cell[VEC];
+      const cuda::Chunk<VEC, KIND> chunk(layout, k0, num_channels, h, w);
       bool unmixed[VEC];
-      chunk_cells<VEC>(layout, k0, num_channels, h, w, channels, cell, unmixed);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) unmixed[j] = chunk.channel(j) < channels;
       const auto fv = cuda::load_vec<VEC>(src_b + k0);
       for (int64_t i = 0; i < subnets; ++i) {
-        const opmath_t* mask = masks + (i * batch + b) * cells;
+        opmath_t m[VEC];
+        chunk.gather_cells(masks + (i * batch + b) * cells, unmixed, m);
         cuda::Vec<scalar_t, VEC> o;
 #pragma unroll
         for (int j = 0; j < VEC; ++j)
-          o.val[j] = unmixed[j] ? static_cast<scalar_t>(static_cast<opmath_t>(fv.val[j]) * mask[cell[j]]) : fv.val[j];
+          o.val[j] = unmixed[j] ? static_cast<scalar_t>(static_cast<opmath_t>(fv.val[j]) * m[j]) : fv.val[j];
         cuda::store_vec<VEC>(out_b + i * stride_m + k0, o);
       }
     }
@@ -80,7 +66,7 @@ __global__ void __launch_bounds__(cuda::kThreads)
 
 // grad_f[b, k] = sum_i grad_out[i, b, k] * (c < channels ? mask_i(b, y, x) : 1),
 // with grad_out's M and B strides arbitrary.
-template <typename scalar_t, int VEC>
+template <typename scalar_t, int VEC, cuda::ChunkKind KIND>
 __global__ void __launch_bounds__(cuda::kThreads)
     cutmix_unmix_backward_kernel(const scalar_t* __restrict__ grad, int64_t stride_subnet, int64_t stride_batch,
                                  const at::opmath_type<scalar_t>* __restrict__ masks, int64_t subnets, int64_t batch,
@@ -94,19 +80,21 @@ __global__ void __launch_bounds__(cuda::kThreads)
     for (int64_t v = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; v < nvec;
          v += static_cast<int64_t>(gridDim.x) * blockDim.x) {
       const int64_t k0 = v * VEC;
-      int64_t cell[VEC];
+      const cuda::Chunk<VEC, KIND> chunk(layout, k0, num_channels, h, w);
       bool unmixed[VEC];
-      chunk_cells<VEC>(layout, k0, num_channels, h, w, channels, cell, unmixed);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) unmixed[j] = chunk.channel(j) < channels;
       opmath_t acc[VEC];
 #pragma unroll
       for (int j = 0; j < VEC; ++j) acc[j] = 0;
       for (int64_t i = 0; i < subnets; ++i) {
-        const opmath_t* mask = masks + (i * batch + b) * cells;
+        opmath_t m[VEC];
+        chunk.gather_cells(masks + (i * batch + b) * cells, unmixed, m);
         const auto gv = cuda::load_vec<VEC>(grad_b + i * stride_subnet + k0);
 #pragma unroll
         for (int j = 0; j < VEC; ++j) {
           const opmath_t g = static_cast<opmath_t>(gv.val[j]);
-          acc[j] += unmixed[j] ? g * mask[cell[j]] : g;
+          acc[j] += unmixed[j] ? g * m[j] : g;
         }
       }
       cuda::Vec<scalar_t, VEC> o;
@@ -137,19 +125,18 @@ at::Tensor cutmix_unmix_cuda(const at::Tensor& features, const at::Tensor& boxes
     const at::Tensor masks = cuda::unmix_mask_table<opmath_t>(boxes_c, wts, B, box_height, box_width, h, w,
                                                               static_cast<opmath_t>(ratio), stream);
     const scalar_t* src = f.data.const_data_ptr<scalar_t>();
+    const opmath_t* masks_p = masks.const_data_ptr<opmath_t>();
     scalar_t* dst = out.data_ptr<scalar_t>();
-    const auto launch = [&](auto vec) {
-      constexpr int V = decltype(vec)::value;
-      cutmix_unmix_kernel<scalar_t, V><<<cuda::sample_grid(slice / V, B), cuda::kThreads, 0, stream>>>(
-          src, masks.const_data_ptr<opmath_t>(), M, B, C, h, w, channels, f.layout, dst);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
     constexpr int kVec = cuda::vec_size<scalar_t>();
-    if (slice % kVec == 0 && cuda::is_aligned(src, 16) && cuda::is_aligned(dst, 16)) {
-      launch(std::integral_constant<int, kVec>());
-    } else {
-      launch(std::integral_constant<int, 1>());
-    }
+    const bool vectorize = slice % kVec == 0 && cuda::is_aligned(src, 16) && cuda::is_aligned(dst, 16) &&
+                           cuda::is_aligned(masks_p, kVec * sizeof(opmath_t));
+    cuda::dispatch_chunk<kVec>(vectorize, f.layout, C, h * w, [&](auto vec, auto kind) {
+      constexpr int V = decltype(vec)::value;
+      constexpr cuda::ChunkKind K = decltype(kind)::value;
+      cutmix_unmix_kernel<scalar_t, V, K><<<cuda::sample_grid(slice / V, B), cuda::kThreads, 0, stream>>>(
+          src, masks_p, M, B, C, h, w, channels, f.layout, dst);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -163,7 +150,7 @@ at::Tensor cutmix_unmix_backward_cuda(const at::Tensor& grad_out, const at::Tens
   const at::Tensor boxes_c = boxes_arg(boxes, grad_out, "grad_out", g.batch, box_height, box_width);
   const UnmixWeights wts = unmix_weights_arg(inside_weight, outside_weight, grad_out, "grad_out", g.batch,
                                              opmath_dtype(grad_out.scalar_type()));
-  TORCH_CHECK(wts.subnets == g.subnets, "grad_out must have M = ", wts.subnets,
+  TORCH_CHECK_VALUE(wts.subnets == g.subnets, "grad_out must have M = ", wts.subnets,
               " (from the weights) along dim 0, got ", g.subnets);
   const int64_t M = g.subnets, B = g.batch, C = g.channels, h = g.height, w = g.width, slice = C * h * w;
   const c10::cuda::CUDAGuard guard(grad_out.device());
@@ -175,25 +162,21 @@ at::Tensor cutmix_unmix_backward_cuda(const at::Tensor& grad_out, const at::Tens
     const at::Tensor masks = cuda::unmix_mask_table<opmath_t>(boxes_c, wts, B, box_height, box_width, h, w,
                                                               static_cast<opmath_t>(ratio), stream);
     const scalar_t* src = g.data.const_data_ptr<scalar_t>();
+    const opmath_t* masks_p = masks.const_data_ptr<opmath_t>();
     scalar_t* dst = grad_f.data_ptr<scalar_t>();
-    const auto launch = [&](auto vec) {
-      constexpr int V = decltype(vec)::value;
-      cutmix_unmix_backward_kernel<scalar_t, V><<<cuda::sample_grid(slice / V, B), cuda::kThreads, 0, stream>>>(
-          src, g.stride_subnet, g.stride_batch, masks.const_data_ptr<opmath_t>(), M, B, C, h, w, channels, g.layout,
-          dst);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
     constexpr int kVec = cuda::vec_size<scalar_t>();
     // Every chunk start (i * stride_subnet + b * stride_batch + k0) must be a
     // multiple of kVec; the batch stride is never used when B == 1.
     const bool vectorize = slice % kVec == 0 && g.stride_subnet % kVec == 0 &&
                            (B == 1 || g.stride_batch % kVec == 0) && cuda::is_aligned(src, 16) &&
-                           cuda::is_aligned(dst, 16);
-    if (vectorize) {
-      launch(std::integral_constant<int, kVec>());
-    } else {
-      launch(std::integral_constant<int, 1>());
-    }
+                           cuda::is_aligned(dst, 16) && cuda::is_aligned(masks_p, kVec * sizeof(opmath_t));
+    cuda::dispatch_chunk<kVec>(vectorize, g.layout, C, h * w, [&](auto vec, auto kind) {
+      constexpr int V = decltype(vec)::value;
+      constexpr cuda::ChunkKind K = decltype(kind)::value;
+      cutmix_unmix_backward_kernel<scalar_t, V, K><<<cuda::sample_grid(slice / V, B), cuda::kThreads, 0, stream>>>(
+          src, g.stride_subnet, g.stride_batch, masks_p, M, B, C, h, w, channels, g.layout, dst);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return grad_f;
 }

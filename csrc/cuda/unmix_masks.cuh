@@ -14,6 +14,7 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../box_math.h"
 #include "../op_args.h"
@@ -69,6 +70,109 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     if (threadIdx.x == 0) inv_denom[row] = T(1) / denom;
+  }
+}
+
+// How the VEC elements of one chunk (VEC consecutive elements, in memory
+// order, of a [C, h, w] slice) map to mask-table cells and channels. The two
+// special kinds let a chunk read its masks with one vector load (kPlane) or
+// one scalar load (kPixel) per subnetwork instead of VEC scattered loads.
+enum class ChunkKind : int {
+  kGeneric = 0,  // any (c, y, x) per element (the chunk may cross rows, channels)
+  kPlane = 1,    // NCHW, cells % VEC == 0: one channel, VEC consecutive cells
+  kPixel = 2,    // channels_last, C % VEC == 0: one cell, VEC consecutive channels
+};
+
+template <int VEC, ChunkKind KIND>
+struct Chunk {
+  static constexpr int kStored = KIND == ChunkKind::kGeneric ? VEC : 1;
+  int64_t c[kStored], cell[kStored];  // per element (kGeneric) or of element 0
+
+  __device__ __forceinline__ Chunk(Layout layout, int64_t k0, int64_t num_channels, int64_t h, int64_t w) {
+    int64_t cc, y, x;
+    detail::split_slice_index(layout, k0, num_channels, h, w, cc, y, x);
+#pragma unroll
+    for (int j = 0; j < kStored; ++j) {
+      c[j] = cc;
+      cell[j] = y * w + x;
+      if (j + 1 < kStored) next_in_slice(layout, cc, y, x, num_channels, h, w);
+    }
+  }
+
+  __device__ __forceinline__ int64_t channel(int j) const {
+    return KIND == ChunkKind::kGeneric ? c[j] : (KIND == ChunkKind::kPlane ? c[0] : c[0] + j);
+  }
+
+  // out[j] = row[cell of element j] where use[j], else 0 (row: one mask-table
+  // row; kPlane requires row + cell[0] to be VEC-aligned, see dispatch_chunk).
+  template <typename T>
+  __device__ __forceinline__ void gather_cells(const T* row, const bool (&use)[VEC], T (&out)[VEC]) const {
+    if constexpr (KIND == ChunkKind::kGeneric) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out[j] = use[j] ? row[cell[j]] : T(0);
+    } else if constexpr (KIND == ChunkKind::kPlane) {
+      if (use[0]) {  // one channel: `use` is uniform
+        const auto v = load_vec<VEC>(row + cell[0]);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out[j] = v.val[j];
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out[j] = T(0);
+      }
+    } else {
+      bool any = false;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) any = any || use[j];
+      const T v = any ? row[cell[0]] : T(0);
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out[j] = use[j] ? v : T(0);
+    }
+  }
+
+  // out[j] = row[channel of element j] where use[j], else 0 (row: C values
+  // of one (i, b); kPixel requires row + c[0] to be VEC-aligned).
+  template <typename T>
+  __device__ __forceinline__ void gather_channels(const T* row, const bool (&use)[VEC], T (&out)[VEC]) const {
+    if constexpr (KIND == ChunkKind::kGeneric) {
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out[j] = use[j] ? row[c[j]] : T(0);
+    } else if constexpr (KIND == ChunkKind::kPlane) {
+      const T v = use[0] ? row[c[0]] : T(0);  // one channel: `use` is uniform
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) out[j] = v;
+    } else {
+      bool any = false;
+#pragma unroll
+      for (int j = 0; j < VEC; ++j) any = any || use[j];
+      if (any) {
+        const auto v = load_vec<VEC>(row + c[0]);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out[j] = use[j] ? v.val[j] : T(0);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) out[j] = T(0);
+      }
+    }
+  }
+};
+
+// Calls fn(std::integral_constant<int, V>(), std::integral_constant<ChunkKind, K>())
+// for the chunk width V (kVec if `vectorize`, else 1) and the chunk kind K
+// that the layout and sizes allow. The special kinds also need the opmath
+// tables (mask table, per-channel rows) VEC * sizeof(opmath)-aligned at
+// every row: rows start at multiples of cells (kPlane) or C (kPixel), both
+// then multiples of VEC, and CUDA allocations are 256-byte aligned.
+template <int kVec, typename Fn>
+void dispatch_chunk(bool vectorize, Layout layout, int64_t num_channels, int64_t cells, Fn&& fn) {
+  using K = ChunkKind;
+  if (!vectorize) {
+    fn(std::integral_constant<int, 1>(), std::integral_constant<K, K::kGeneric>());
+  } else if (layout == Layout::kChannelsFirst && cells % kVec == 0) {
+    fn(std::integral_constant<int, kVec>(), std::integral_constant<K, K::kPlane>());
+  } else if (layout == Layout::kChannelsLast && num_channels % kVec == 0) {
+    fn(std::integral_constant<int, kVec>(), std::integral_constant<K, K::kPixel>());
+  } else {
+    fn(std::integral_constant<int, kVec>(), std::integral_constant<K, K::kGeneric>());
   }
 }
 
