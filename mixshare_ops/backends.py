@@ -28,9 +28,11 @@ BACKENDS = ("cuda", "triton", "cpu", "reference")
 ENV_VAR = "MIXSHARE_OPS_BACKEND"
 
 
-@functools.lru_cache(maxsize=None)
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
+
+
 def triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    return _TRITON_INSTALLED
 
 
 def triton_interpreted() -> bool:

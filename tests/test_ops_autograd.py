@@ -13,12 +13,15 @@ GRAD_UNMIX = [c for c in UNMIX_CASES if c.name in ("default", "m3_partial", "not
 
 def _check_grads(fn, inp, backend):
     # The reference is differentiated by autograd itself: one fast gradcheck
-    # suffices. The fused ops get full first and second derivatives checked.
+    # suffices. The fused ops get first and second derivatives checked; under
+    # the Triton interpreter (one forward costs ~1 s) with gradcheck's fast
+    # mode, which compares random projections of the Jacobians.
     if backend == "reference":
         assert torch.autograd.gradcheck(fn, (inp,), fast_mode=True)
         return
-    assert torch.autograd.gradcheck(fn, (inp,))
-    assert torch.autograd.gradgradcheck(fn, (inp,))
+    fast = backend == "triton" and inp.device.type == "cpu"
+    assert torch.autograd.gradcheck(fn, (inp,), fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, (inp,), fast_mode=fast)
 
 
 def _f64_backend(backend, device):

@@ -34,16 +34,18 @@ Numerics: arithmetic runs in ``OPMATH`` (float32, or float64 for float64
 data), rounded once to the output dtype. Divisions and the CutMix square root
 are correctly rounded (``div_rn`` / ``sqrt_rn`` in float32; float64 division
 and square root are always correctly rounded). Float scalars (``scale``,
-``ratio``) arrive as float32 kernel arguments, which is exact for float32
-opmath; for float64 opmath the launcher passes them as 1-element float64
-tensors instead (see :func:`_scalar`).
+``ratio``) arrive as float32 kernel arguments, i.e. rounded to float32 once,
+as the C++ kernels do in float32 opmath; for float64 opmath the launcher
+passes them as 1-element float64 tensors instead (see :func:`_scalar`).
 
 Index arithmetic is int32 within one sample slice (``C * H * W < 2**31``) and
 int64 for offsets across samples and subnetworks. The window math needs
 ``(h + 1) * box_h`` and ``(w + 1) * box_w`` below ``2**31``.
 
-Loops have compile-time trip counts (``CHUNKS``, ``NUM_PB``, ``M``): no loop
-bound is a runtime value.
+Loops have compile-time trip counts (``CHUNKS``, ``NUM_PB``): no loop bound
+is a runtime value (the Triton 3.6 interpreter cannot run those with
+numpy >= 2.4). ``NUM_PB`` depends on the feature size, so the pooling kernels
+compile once per feature size.
 
 Tuning
 ------
@@ -52,8 +54,12 @@ Tile sizes come from :func:`elementwise_meta` and :func:`pool_meta`. On GPUs
 ``(TILE, num_warps)`` candidates of ``ELEMENTWISE_TUNING`` / ``POOL_TUNING``:
 the prune hooks turn each candidate into concrete tile sizes with the same
 heuristics, so the tuned configurations are always valid. Edit those lists to
-change the search space. Under the Triton interpreter (``TRITON_INTERPRET=1``)
-autotuning is off and the heuristics' defaults are launched directly.
+change the search space, or set ``AUTOTUNE = False`` (at any time) to launch
+the heuristic defaults (the first candidates) without benchmarking. The autotune key holds
+B, C, H * W, the layout and M (and the dtypes): each new key benchmarks the
+candidates once, synchronising the device, so the first call of a shape must
+not happen inside CUDA graph capture. Under the Triton interpreter
+(``TRITON_INTERPRET=1``) autotuning is off and the defaults are launched.
 """
 
 import os
@@ -69,9 +75,11 @@ AUTOTUNE = not INTERPRET
 # ---------------------------------------------------------------------------
 
 # (TILE, num_warps) candidates; TILE is the number of feature elements of one
-# [CB, PB] tile (before the subnetwork axis). The first one is the default.
-ELEMENTWISE_TUNING = [(2048, 4), (1024, 4), (4096, 8), (2048, 8)]
-POOL_TUNING = [(2048, 4), (1024, 4), (4096, 8), (2048, 8)]
+# [CB, PB] tile for M = 2 (halved for every doubling of MB beyond 2). The first
+# one is the default: 16 elements of the [MB, CB, PB] tensors per thread keeps
+# the channels_last variants near 60 registers (32 per thread doubles that).
+ELEMENTWISE_TUNING = [(1024, 4), (2048, 8), (512, 4), (2048, 4)]
+POOL_TUNING = [(1024, 4), (2048, 8), (512, 4), (2048, 4)]
 
 # Enough programs to fill a large GPU several times over before channel tiles
 # are grouped into one program (element-wise kernels), or before channel
@@ -79,7 +87,7 @@ POOL_TUNING = [(2048, 4), (1024, 4), (4096, 8), (2048, 8)]
 TARGET_PROGRAMS = 2048
 POOL_TARGET_PROGRAMS = 1024
 MAX_CHUNKS = 8
-MASKS_BLOCK = 1024  # pixels per iteration of unmix_masks_kernel
+MASKS_BLOCK = 512  # pixels per iteration of unmix_masks_kernel (M = 2)
 
 
 def cdiv(a: int, b: int) -> int:
@@ -91,7 +99,7 @@ def next_pow2(n: int) -> int:
 
 
 def _scaled_tile(tile: int, mb: int) -> int:
-    """Tile size for MB subnetworks: the [MB, tile] tensors stay ~2 * TILE."""
+    """Tile size for MB subnetworks: the [MB, CB, PB] tensors stay ~2 * TILE."""
     return max(256, tile * 2 // max(mb, 2))
 
 
