@@ -36,7 +36,7 @@ are correctly rounded (``div_rn`` / ``sqrt_rn`` in float32; float64 division
 and square root are always correctly rounded). Float scalars (``scale``,
 ``ratio``) arrive as float32 kernel arguments, i.e. rounded to float32 once,
 as the C++ kernels do in float32 opmath; for float64 opmath the launcher
-passes them as 1-element float64 tensors instead (see :func:`_scalar`).
+passes them as 1-element float64 tensors instead.
 
 Index arithmetic is int32 within one sample slice (``C * H * W < 2**31``) and
 int64 for offsets across samples and subnetworks. The window math needs
@@ -205,132 +205,19 @@ def _tuned(meta_fn, candidates):
 
 # ---------------------------------------------------------------------------
 # Shared device functions
+#
+# Few and coarse on purpose: the Triton interpreter re-patches triton.language
+# on every device-function call (milliseconds each), so each program makes at
+# most two such calls and none inside its loops. Compiled, they are inlined.
 # ---------------------------------------------------------------------------
 
 
 @triton.jit
-def _div(a, b, OPMATH: tl.constexpr):
-    """Correctly rounded a / b in OPMATH."""
-    if OPMATH == tl.float64:
-        return a / b
-    else:
-        return tl.div_rn(a, b)
-
-
-@triton.jit
-def _scalar(value, ptr, OPMATH: tl.constexpr):
-    """A float scalar argument in OPMATH: read from a 1-element float64 tensor
-    for float64 opmath (kernel float arguments are float32), else the float32
-    argument itself."""
-    if OPMATH == tl.float64:
-        return tl.load(ptr)
-    else:
-        return tl.cast(value, tl.float32)
-
-
-@triton.jit
-def _load_box(boxes_ptr, b, height, width):
-    """Row b of int32 [B, 4] boxes, clamped to the grid as load_box does."""
-    row = boxes_ptr + b.to(tl.int64) * 4
-    top = tl.minimum(tl.maximum(tl.load(row), 0), height)
-    left = tl.minimum(tl.maximum(tl.load(row + 1), 0), width)
-    bottom = tl.minimum(tl.maximum(tl.load(row + 2), top), height)
-    right = tl.minimum(tl.maximum(tl.load(row + 3), left), width)
-    return top, left, bottom, right
-
-
-@triton.jit
-def _subnet_weights(win_ptr, wout_ptr, b, M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr,
-                    OPMATH: tl.constexpr):
-    """[MB] inside / outside weights of sample b (0 on the padding lanes).
-    DEFAULT_W: the default M = 2 weights, inside (1, 0), outside (0, 1)."""
-    i = tl.arange(0, MB)
-    if DEFAULT_W:
-        w_in = (i == 0).to(OPMATH)
-        w_out = (i == 1).to(OPMATH)
-    else:
-        row = b.to(tl.int64) * M
-        w_in = tl.load(win_ptr + row + i, mask=i < M, other=0.0).to(OPMATH)
-        w_out = tl.load(wout_ptr + row + i, mask=i < M, other=0.0).to(OPMATH)
-    return w_in, w_out
-
-
-@triton.jit
-def _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH: tl.constexpr):
-    """Fraction of feature cell p's adaptive_avg_pool2d window (on the
-    box_h x box_w grid) covered by the box: covered / cells in OPMATH."""
-    y = p // w
-    x = p - y * w
-    y0 = (y * box_h) // h
-    y1 = ((y + 1) * box_h + h - 1) // h
-    x0 = (x * box_w) // w
-    x1 = ((x + 1) * box_w + w - 1) // w
-    cov_y = tl.maximum(tl.minimum(y1, bottom) - tl.maximum(y0, top), 0)
-    cov_x = tl.maximum(tl.minimum(x1, right) - tl.maximum(x0, left), 0)
-    covered = (cov_y * cov_x).to(OPMATH)
-    cells = ((y1 - y0) * (x1 - x0)).to(OPMATH)
-    return _div(covered, cells, OPMATH)
-
-
-@triton.jit
-def _applied_masks(frac, w_in, w_out, r):
-    """[MB, PB] applied masks m + r (1 - m), m = out + (in - out) * frac."""
-    m = w_out[:, None] + (w_in - w_out)[:, None] * frac[None, :]
-    return m + r * (1.0 - m)
-
-
-@triton.jit
-def _slice_offsets(c, p, C, HW, CHANNELS_LAST: tl.constexpr):
-    """Offsets of a channel x pixel tile within one dense [C, H, W] slice."""
-    if CHANNELS_LAST:
-        return p[:, None] * C + c[None, :]
-    else:
-        return c[:, None] * HW + p[None, :]
-
-
-@triton.jit
-def _chan2(v, CHANNELS_LAST: tl.constexpr):
-    """[CB] -> broadcastable against a 2-D tile."""
-    if CHANNELS_LAST:
-        return v[None, :]
-    else:
-        return v[:, None]
-
-
-@triton.jit
-def _pix2(v, CHANNELS_LAST: tl.constexpr):
-    """[PB] -> broadcastable against a 2-D tile."""
-    if CHANNELS_LAST:
-        return v[:, None]
-    else:
-        return v[None, :]
-
-
-@triton.jit
-def _chan3(v, CHANNELS_LAST: tl.constexpr):
-    """[MB, CB] -> broadcastable against [MB, tile]."""
-    if CHANNELS_LAST:
-        return v[:, None, :]
-    else:
-        return v[:, :, None]
-
-
-@triton.jit
-def _pix3(v, CHANNELS_LAST: tl.constexpr):
-    """[MB, PB] -> broadcastable against [MB, tile]."""
-    if CHANNELS_LAST:
-        return v[:, :, None]
-    else:
-        return v[:, None, :]
-
-
-@triton.jit
-def _elementwise_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr,
-                         CHANNELS_LAST: tl.constexpr):
-    """This program's sample b, first channel and [PB] pixel indices."""
+def _tile_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, CHANNELS_LAST: tl.constexpr):
+    """This element-wise program's sample b, first channel and [PB] pixel indices."""
     pid = tl.program_id(0)
-    n_cg = tl.cdiv(tl.cdiv(C, CB), CHUNKS)
-    n_pb = tl.cdiv(HW, PB)
+    n_cg = ((C + CB - 1) // CB + CHUNKS - 1) // CHUNKS
+    n_pb = (HW + PB - 1) // PB
     per_sample = n_cg * n_pb
     b = pid // per_sample
     r = pid - b * per_sample
@@ -341,15 +228,76 @@ def _elementwise_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.c
     else:
         cg = r // n_pb
         pb = r - cg * n_pb
-    p = pb * PB + tl.arange(0, PB)
-    return b, cg * (CHUNKS * CB), p
+    return b, cg * (CHUNKS * CB), pb * PB + tl.arange(0, PB)
 
 
 @triton.jit
-def _stacked_offsets(stride_m, MB: tl.constexpr):
-    """[MB, 1, 1] int64 offsets of the subnetworks of a stacked tensor."""
+def _box_weights(boxes_ptr, win_ptr, wout_ptr, scale_ptr, scale, b, p, height, width,
+                 M: tl.constexpr, MB: tl.constexpr, OPMATH: tl.constexpr):
+    """[MB, PB] box_mix weights of pixels p of sample b: scale * inside_weight
+    inside the box (clamped to the grid as load_box does), scale *
+    outside_weight outside; 0 on the padding subnetworks."""
+    row = boxes_ptr + b.to(tl.int64) * 4
+    top = tl.minimum(tl.maximum(tl.load(row), 0), height)
+    left = tl.minimum(tl.maximum(tl.load(row + 1), 0), width)
+    bottom = tl.minimum(tl.maximum(tl.load(row + 2), top), height)
+    right = tl.minimum(tl.maximum(tl.load(row + 3), left), width)
+    y = p // width
+    x = p - y * width
+    inside = (y >= top) & (y < bottom) & (x >= left) & (x < right)
+    # scale in opmath: float32 kernel argument, or a float64 tensor
+    if OPMATH == tl.float64:
+        s = tl.load(scale_ptr)
+    else:
+        s = tl.cast(scale, tl.float32)
     i = tl.arange(0, MB)
-    return (i.to(tl.int64) * stride_m)[:, None, None]
+    w_row = b.to(tl.int64) * M + i
+    w_in = s * tl.load(win_ptr + w_row, mask=i < M, other=0.0)
+    w_out = s * tl.load(wout_ptr + w_row, mask=i < M, other=0.0)
+    return tl.where(inside[None, :], w_in[:, None], w_out[:, None])
+
+
+@triton.jit
+def _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
+                 M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, OPMATH: tl.constexpr):
+    """[MB, PB] applied masks m_i + ratio * (1 - m_i) of feature cells p of
+    sample b (UnmixParams::mask of box_math.h); DEFAULT_W: the default M = 2
+    weights, inside (1, 0), outside (0, 1)."""
+    row = boxes_ptr + b.to(tl.int64) * 4
+    top = tl.minimum(tl.maximum(tl.load(row), 0), box_h)
+    left = tl.minimum(tl.maximum(tl.load(row + 1), 0), box_w)
+    bottom = tl.minimum(tl.maximum(tl.load(row + 2), top), box_h)
+    right = tl.minimum(tl.maximum(tl.load(row + 3), left), box_w)
+    i = tl.arange(0, MB)
+    if DEFAULT_W:
+        w_in = (i == 0).to(OPMATH)
+        w_out = (i == 1).to(OPMATH)
+    else:
+        w_row = b.to(tl.int64) * M + i
+        w_in = tl.load(win_ptr + w_row, mask=i < M, other=0.0)
+        w_out = tl.load(wout_ptr + w_row, mask=i < M, other=0.0)
+    if OPMATH == tl.float64:
+        r = tl.load(ratio_ptr)
+    else:
+        r = tl.cast(ratio, tl.float32)
+    # adaptive_avg_pool2d window of cell (y, x) on the box grid, and the
+    # fraction of it the box covers
+    y = p // w
+    x = p - y * w
+    y0 = (y * box_h) // h
+    y1 = ((y + 1) * box_h + h - 1) // h
+    x0 = (x * box_w) // w
+    x1 = ((x + 1) * box_w + w - 1) // w
+    cov_y = tl.maximum(tl.minimum(y1, bottom) - tl.maximum(y0, top), 0)
+    cov_x = tl.maximum(tl.minimum(x1, right) - tl.maximum(x0, left), 0)
+    covered = (cov_y * cov_x).to(OPMATH)
+    cells = ((y1 - y0) * (x1 - x0)).to(OPMATH)
+    if OPMATH == tl.float64:
+        frac = covered / cells
+    else:
+        frac = tl.div_rn(covered, cells)
+    m = w_out[:, None] + (w_in - w_out)[:, None] * frac[None, :]
+    return m + r * (1.0 - m)
 
 
 # ---------------------------------------------------------------------------
@@ -358,35 +306,35 @@ def _stacked_offsets(stride_m, MB: tl.constexpr):
 
 
 @triton.jit
-def _uniform_to_index(u, size, OPMATH: tl.constexpr):
-    v = u * tl.cast(size, OPMATH)
-    v = tl.where(v >= 0, v, 0.0)  # NaN -> 0
-    hi = tl.cast(size - 1, OPMATH)
-    v = tl.where(v > hi, hi, v)
-    return tl.floor(v).to(tl.int32)
-
-
-@triton.jit
 def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, width, HW,
                         OPMATH: tl.constexpr, BLOCK: tl.constexpr):
     """lam [B], center [B, 2] (both OPMATH, contiguous) -> boxes int32 [B, 4],
-    area [B] (OPMATH)."""
+    area [B] (OPMATH): cutmix_box of box_math.h."""
     n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = n < B
     n64 = n.to(tl.int64)
     lam = tl.load(lam_ptr + n64, mask=valid, other=0.0)
-    center_row = tl.load(center_ptr + 2 * n64, mask=valid, other=0.0)
-    center_col = tl.load(center_ptr + 2 * n64 + 1, mask=valid, other=0.0)
+    u_row = tl.load(center_ptr + 2 * n64, mask=valid, other=0.0)
+    u_col = tl.load(center_ptr + 2 * n64 + 1, mask=valid, other=0.0)
     lam = tl.where(lam >= 0, lam, 0.0)  # NaN -> 0
     lam = tl.where(lam > 1, 1.0, lam)
     if OPMATH == tl.float64:
         cut_frac = tl.sqrt(lam)  # float64 sqrt is correctly rounded
     else:
         cut_frac = tl.sqrt_rn(lam)
-    cut_h = (tl.cast(height, OPMATH) * cut_frac).to(tl.int32)  # truncation
-    cut_w = (tl.cast(width, OPMATH) * cut_frac).to(tl.int32)
-    cy = _uniform_to_index(center_row, height, OPMATH)
-    cx = _uniform_to_index(center_col, width, OPMATH)
+    h = tl.cast(height, OPMATH)
+    w = tl.cast(width, OPMATH)
+    cut_h = (h * cut_frac).to(tl.int32)  # truncation
+    cut_w = (w * cut_frac).to(tl.int32)
+    # uniform_to_index: floor(u * size) clamped into [0, size - 1], NaN -> 0
+    v_row = u_row * h
+    v_row = tl.where(v_row >= 0, v_row, 0.0)
+    v_row = tl.where(v_row > h - 1, h - 1, v_row)
+    v_col = u_col * w
+    v_col = tl.where(v_col >= 0, v_col, 0.0)
+    v_col = tl.where(v_col > w - 1, w - 1, v_col)
+    cy = tl.floor(v_row).to(tl.int32)
+    cx = tl.floor(v_col).to(tl.int32)
     top = tl.minimum(tl.maximum(cy - cut_h // 2, 0), height)
     bottom = tl.minimum(tl.maximum(cy + cut_h // 2, 0), height)
     left = tl.minimum(tl.maximum(cx - cut_w // 2, 0), width)
@@ -397,7 +345,10 @@ def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, wid
     tl.store(row + 2, bottom, mask=valid)
     tl.store(row + 3, right, mask=valid)
     area = ((bottom - top).to(tl.int64) * (right - left)).to(OPMATH)
-    area = _div(area, tl.cast(HW, OPMATH), OPMATH)
+    if OPMATH == tl.float64:
+        area = area / tl.cast(HW, OPMATH)
+    else:
+        area = tl.div_rn(area, tl.cast(HW, OPMATH))
     tl.store(area_ptr + n64, area, mask=valid)
 
 
@@ -405,14 +356,18 @@ def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, wid
 def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: tl.constexpr):
     """[B, 1, H, W] contiguous mask, 1 inside each box; one [BH, BW] tile."""
     pid = tl.program_id(0)
-    n_yb = tl.cdiv(height, BH)
-    n_xb = tl.cdiv(width, BW)
+    n_yb = (height + BH - 1) // BH
+    n_xb = (width + BW - 1) // BW
     per_sample = n_yb * n_xb
     b = pid // per_sample
     r = pid - b * per_sample
     yb = r // n_xb
     xb = r - yb * n_xb
-    top, left, bottom, right = _load_box(boxes_ptr, b, height, width)
+    row = boxes_ptr + b.to(tl.int64) * 4
+    top = tl.minimum(tl.maximum(tl.load(row), 0), height)
+    left = tl.minimum(tl.maximum(tl.load(row + 1), 0), width)
+    bottom = tl.minimum(tl.maximum(tl.load(row + 2), top), height)
+    right = tl.minimum(tl.maximum(tl.load(row + 3), left), width)
     y = yb * BH + tl.arange(0, BH)
     x = xb * BW + tl.arange(0, BW)
     inside = ((y >= top) & (y < bottom))[:, None] & ((x >= left) & (x < right))[None, :]
@@ -422,7 +377,8 @@ def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: 
 
 
 # ---------------------------------------------------------------------------
-# box_mix
+# Element-wise kernels. Tiles: [CB, PB] channels first, [PB, CB] channels
+# last; [MB, ...] tensors add the subnetwork axis in front.
 # ---------------------------------------------------------------------------
 
 
@@ -433,22 +389,25 @@ def box_mix_kernel(x_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
                    M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
                    CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
     """out[b] = sum_i w_i(b, y, x) * scale * x[i, b] over stacked x [M, B, C, H, W]."""
-    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
-    top, left, bottom, right = _load_box(boxes_ptr, b, height, width)
-    y = p // width
-    x = p - y * width
-    inside = (y >= top) & (y < bottom) & (x >= left) & (x < right)
-    s = _scalar(scale, scale_ptr, OPMATH)
-    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, False, OPMATH)
-    weights = _pix3(tl.where(inside[None, :], (s * w_in)[:, None], (s * w_out)[:, None]), CHANNELS_LAST)
-    sub = tl.arange(0, MB)[:, None, None] < M
-    x_base = x_ptr + b.to(tl.int64) * stride_b + _stacked_offsets(stride_m, MB)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    weights = _box_weights(boxes_ptr, win_ptr, wout_ptr, scale_ptr, scale, b, p, height, width, M, MB, OPMATH)
+    i = tl.arange(0, MB)
+    sub = (i < M)[:, None, None]
+    x_base = x_ptr + b.to(tl.int64) * stride_b + (i.to(tl.int64) * stride_m)[:, None, None]
     out_base = out_ptr + b.to(tl.int64) * C * HW
-    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    pvalid = p < HW
+    if CHANNELS_LAST:
+        weights = weights[:, :, None]
+    else:
+        weights = weights[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
-        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
-        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        if CHANNELS_LAST:
+            offs = p[:, None] * C + c[None, :]
+            valid = pvalid[:, None] & (c < C)[None, :]
+        else:
+            offs = c[:, None] * HW + p[None, :]
+            valid = (c < C)[:, None] & pvalid[None, :]
         xs = tl.load(x_base + offs[None], mask=sub & valid[None], other=0.0)
         acc = tl.sum(weights * xs.to(OPMATH), axis=0)
         tl.store(out_base + offs, acc.to(out_ptr.dtype.element_ty), mask=valid)
@@ -461,30 +420,28 @@ def box_mix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_
                             M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
                             CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
     """grad_x[i, b] = w_i(b, y, x) * scale * grad_out[b]."""
-    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
-    top, left, bottom, right = _load_box(boxes_ptr, b, height, width)
-    y = p // width
-    x = p - y * width
-    inside = (y >= top) & (y < bottom) & (x >= left) & (x < right)
-    s = _scalar(scale, scale_ptr, OPMATH)
-    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, False, OPMATH)
-    weights = _pix3(tl.where(inside[None, :], (s * w_in)[:, None], (s * w_out)[:, None]), CHANNELS_LAST)
-    sub = tl.arange(0, MB)[:, None, None] < M
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    weights = _box_weights(boxes_ptr, win_ptr, wout_ptr, scale_ptr, scale, b, p, height, width, M, MB, OPMATH)
+    i = tl.arange(0, MB)
+    sub = (i < M)[:, None, None]
     g_base = g_ptr + b.to(tl.int64) * C * HW
-    out_base = out_ptr + b.to(tl.int64) * C * HW + _stacked_offsets(out_stride_m, MB)
-    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    out_base = out_ptr + b.to(tl.int64) * C * HW + (i.to(tl.int64) * out_stride_m)[:, None, None]
+    pvalid = p < HW
+    if CHANNELS_LAST:
+        weights = weights[:, :, None]
+    else:
+        weights = weights[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
-        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
-        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        if CHANNELS_LAST:
+            offs = p[:, None] * C + c[None, :]
+            valid = pvalid[:, None] & (c < C)[None, :]
+        else:
+            offs = c[:, None] * HW + p[None, :]
+            valid = (c < C)[:, None] & pvalid[None, :]
         g = tl.load(g_base + offs, mask=valid, other=0.0).to(OPMATH)
         res = weights * g[None]
         tl.store(out_base + offs[None], res.to(out_ptr.dtype.element_ty), mask=sub & valid[None])
-
-
-# ---------------------------------------------------------------------------
-# cutmix_unmix
-# ---------------------------------------------------------------------------
 
 
 @_tuned(elementwise_meta, ELEMENTWISE_TUNING)
@@ -494,23 +451,31 @@ def cutmix_unmix_kernel(f_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
                         M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                         OPMATH: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
     """out[i, b, c] = features[b, c] * mask_i (c < channels), features[b, c] otherwise."""
-    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
-    top, left, bottom, right = _load_box(boxes_ptr, b, box_h, box_w)
-    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, DEFAULT_W, OPMATH)
-    r = _scalar(ratio, ratio_ptr, OPMATH)
-    frac = _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH)
-    masks = _pix3(_applied_masks(frac, w_in, w_out, r), CHANNELS_LAST)
-    sub = tl.arange(0, MB)[:, None, None] < M
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    masks = _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
+                         M, MB, DEFAULT_W, OPMATH)
+    i = tl.arange(0, MB)
+    sub = (i < M)[:, None, None]
     f_base = f_ptr + b.to(tl.int64) * C * HW
-    out_base = out_ptr + b.to(tl.int64) * C * HW + _stacked_offsets(out_stride_m, MB)
-    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    out_base = out_ptr + b.to(tl.int64) * C * HW + (i.to(tl.int64) * out_stride_m)[:, None, None]
+    pvalid = p < HW
+    if CHANNELS_LAST:
+        masks = masks[:, :, None]
+    else:
+        masks = masks[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
-        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
-        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        if CHANNELS_LAST:
+            offs = p[:, None] * C + c[None, :]
+            valid = pvalid[:, None] & (c < C)[None, :]
+            unmixed_channel = (c < channels)[None, None, :]
+        else:
+            offs = c[:, None] * HW + p[None, :]
+            valid = (c < C)[:, None] & pvalid[None, :]
+            unmixed_channel = (c < channels)[None, :, None]
         f = tl.load(f_base + offs, mask=valid, other=0.0)[None]
         unmixed = (f.to(OPMATH) * masks).to(out_ptr.dtype.element_ty)
-        res = tl.where(_chan2(c < channels, CHANNELS_LAST)[None], unmixed, f)
+        res = tl.where(unmixed_channel, unmixed, f)  # other channels: copied exactly
         tl.store(out_base + offs[None], res, mask=sub & valid[None])
 
 
@@ -522,23 +487,30 @@ def cutmix_unmix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr,
                                  CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
                                  CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
     """grad_f[b, c] = sum_i grad_out[i, b, c] * (mask_i if c < channels else 1)."""
-    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
-    top, left, bottom, right = _load_box(boxes_ptr, b, box_h, box_w)
-    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, DEFAULT_W, OPMATH)
-    r = _scalar(ratio, ratio_ptr, OPMATH)
-    frac = _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH)
-    masks = _pix3(_applied_masks(frac, w_in, w_out, r), CHANNELS_LAST)
-    sub = tl.arange(0, MB)[:, None, None] < M
-    g_base = g_ptr + b.to(tl.int64) * stride_b + _stacked_offsets(stride_m, MB)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    masks = _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
+                         M, MB, DEFAULT_W, OPMATH)
+    i = tl.arange(0, MB)
+    sub = (i < M)[:, None, None]
+    g_base = g_ptr + b.to(tl.int64) * stride_b + (i.to(tl.int64) * stride_m)[:, None, None]
     out_base = out_ptr + b.to(tl.int64) * C * HW
-    pvalid = _pix2(p < HW, CHANNELS_LAST)
+    pvalid = p < HW
+    if CHANNELS_LAST:
+        masks = masks[:, :, None]
+    else:
+        masks = masks[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
-        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
-        valid = _chan2(c < C, CHANNELS_LAST) & pvalid
+        if CHANNELS_LAST:
+            offs = p[:, None] * C + c[None, :]
+            valid = pvalid[:, None] & (c < C)[None, :]
+            unmixed_channel = (c < channels)[None, None, :]
+        else:
+            offs = c[:, None] * HW + p[None, :]
+            valid = (c < C)[:, None] & pvalid[None, :]
+            unmixed_channel = (c < channels)[None, :, None]
         g = tl.load(g_base + offs[None], mask=sub & valid[None], other=0.0).to(OPMATH)
-        terms = tl.where(_chan2(c < channels, CHANNELS_LAST)[None], g * masks, g)
-        acc = tl.sum(terms, axis=0)
+        acc = tl.sum(tl.where(unmixed_channel, g * masks, g), axis=0)
         tl.store(out_base + offs, acc.to(out_ptr.dtype.element_ty), mask=valid)
 
 
@@ -556,9 +528,6 @@ def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_p
     the reciprocal pooling denominators inv[b, i] (OPMATH [B, M]): 1 / sum_p
     masks[b, i, p] (h * w where that sum is 0) if MASKED, else 1 / (h * w)."""
     b = tl.program_id(0)
-    top, left, bottom, right = _load_box(boxes_ptr, b, box_h, box_w)
-    w_in, w_out = _subnet_weights(win_ptr, wout_ptr, b, M, MB, DEFAULT_W, OPMATH)
-    r = _scalar(ratio, ratio_ptr, OPMATH)
     i = tl.arange(0, MB)
     sub = i < M
     rows = masks_ptr + (b.to(tl.int64) * M + i) * HW
@@ -566,8 +535,8 @@ def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_p
     for j in range(NUM_PB):
         p = j * PB + tl.arange(0, PB)
         pvalid = p < HW
-        frac = _cover_fraction(p, h, w, box_h, box_w, top, left, bottom, right, OPMATH)
-        masks = _applied_masks(frac, w_in, w_out, r)
+        masks = _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
+                             M, MB, DEFAULT_W, OPMATH)
         tl.store(rows[:, None] + p[None, :], masks, mask=sub[:, None] & pvalid[None, :])
         den += tl.sum(tl.where(pvalid[None, :], masks, 0.0), axis=1)
     hw = tl.cast(HW, OPMATH)
@@ -575,7 +544,11 @@ def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_p
         den = tl.where(den == 0, hw, den)
     else:
         den = tl.zeros([MB], dtype=OPMATH) + hw
-    inv = _div(tl.full([MB], 1.0, OPMATH), den, OPMATH)
+    one = tl.full([MB], 1.0, OPMATH)
+    if OPMATH == tl.float64:
+        inv = one / den
+    else:
+        inv = tl.div_rn(one, den)
     tl.store(inv_ptr + b.to(tl.int64) * M + i, inv, mask=sub)
 
 
@@ -587,7 +560,7 @@ def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, chann
     """out[i, b, c] = sum_p f[b, c, p] masks[b, i, p] * inv[b, i] (c < channels),
     mean_p f[b, c, p] otherwise. One program per (b, channel block)."""
     pid = tl.program_id(0)
-    n_cb = tl.cdiv(C, CB)
+    n_cb = (C + CB - 1) // CB
     b = pid // n_cb
     c = (pid - b * n_cb) * CB + tl.arange(0, CB)
     cvalid = c < C
@@ -601,18 +574,22 @@ def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, chann
         p = j * PB + tl.arange(0, PB)
         pvalid = p < HW
         masks = tl.load(rows[:, None] + p[None, :], mask=sub[:, None] & pvalid[None, :], other=0.0)
-        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
-        valid = _chan2(cvalid, CHANNELS_LAST) & _pix2(pvalid, CHANNELS_LAST)
-        f = tl.load(f_base + offs, mask=valid, other=0.0).to(OPMATH)
         if CHANNELS_LAST:  # f: [PB, CB]
+            f = tl.load(f_base + p[:, None] * C + c[None, :], mask=pvalid[:, None] & cvalid[None, :], other=0.0)
+            f = f.to(OPMATH)
             acc += tl.sum(f[None, :, :] * masks[:, :, None], axis=1)
             plain += tl.sum(f, axis=0)
         else:  # f: [CB, PB]
+            f = tl.load(f_base + c[:, None] * HW + p[None, :], mask=cvalid[:, None] & pvalid[None, :], other=0.0)
+            f = f.to(OPMATH)
             acc += tl.sum(f[None, :, :] * masks[:, None, :], axis=2)
             plain += tl.sum(f, axis=1)
     inv = tl.load(inv_ptr + b.to(tl.int64) * M + i, mask=sub, other=0.0)
     pooled = acc * inv[:, None]
-    mean = _div(plain, tl.cast(HW, OPMATH), OPMATH)
+    if OPMATH == tl.float64:
+        mean = plain / tl.cast(HW, OPMATH)
+    else:
+        mean = tl.div_rn(plain, tl.cast(HW, OPMATH))
     res = tl.where((c < channels)[None, :], pooled, mean[None, :])
     out = out_ptr + (i.to(tl.int64)[:, None] * B + b) * C + c[None, :]
     tl.store(out, res.to(out_ptr.dtype.element_ty), mask=sub[:, None] & cvalid[None, :])
@@ -626,13 +603,16 @@ def cutmix_unmix_pool_backward_kernel(g_ptr, masks_ptr, inv_ptr, out_ptr, B, C, 
                                       CHUNKS: tl.constexpr):
     """grad_f[b, c, p] = sum_i grad_out[i, b, c] * inv[b, i] * masks[b, i, p]
     (c < channels), sum_i grad_out[i, b, c] / (h * w) otherwise."""
-    b, c0, p = _elementwise_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
     i = tl.arange(0, MB)
     sub = i < M
     pvalid = p < HW
     masks = tl.load(masks_ptr + ((b.to(tl.int64) * M + i) * HW)[:, None] + p[None, :],
                     mask=sub[:, None] & pvalid[None, :], other=0.0)
-    masks = _pix3(masks, CHANNELS_LAST)
+    if CHANNELS_LAST:
+        masks = masks[:, :, None]
+    else:
+        masks = masks[:, None, :]
     inv = tl.load(inv_ptr + b.to(tl.int64) * M + i, mask=sub, other=0.0)
     hw = tl.cast(HW, OPMATH)
     g_rows = g_ptr + (i.to(tl.int64) * B + b) * C
@@ -641,10 +621,19 @@ def cutmix_unmix_pool_backward_kernel(g_ptr, masks_ptr, inv_ptr, out_ptr, B, C, 
         c = c0 + j * CB + tl.arange(0, CB)
         cvalid = c < C
         g = tl.load(g_rows[:, None] + c[None, :], mask=sub[:, None] & cvalid[None, :], other=0.0).to(OPMATH)
-        coef = _chan3(g * inv[:, None], CHANNELS_LAST)
-        plain = _chan2(_div(tl.sum(g, axis=0), hw, OPMATH), CHANNELS_LAST)
-        acc = tl.sum(coef * masks, axis=0)
-        res = tl.where(_chan2(c < channels, CHANNELS_LAST), acc, plain)
-        offs = _slice_offsets(c, p, C, HW, CHANNELS_LAST)
-        valid = _chan2(cvalid, CHANNELS_LAST) & _pix2(pvalid, CHANNELS_LAST)
+        coef = g * inv[:, None]  # [MB, CB]
+        if OPMATH == tl.float64:
+            plain = tl.sum(g, axis=0) / hw
+        else:
+            plain = tl.div_rn(tl.sum(g, axis=0), hw)
+        if CHANNELS_LAST:
+            acc = tl.sum(coef[:, None, :] * masks, axis=0)  # [PB, CB]
+            res = tl.where((c < channels)[None, :], acc, plain[None, :])
+            offs = p[:, None] * C + c[None, :]
+            valid = pvalid[:, None] & cvalid[None, :]
+        else:
+            acc = tl.sum(coef[:, :, None] * masks, axis=0)  # [CB, PB]
+            res = tl.where((c < channels)[:, None], acc, plain[:, None])
+            offs = c[:, None] * HW + p[None, :]
+            valid = cvalid[:, None] & pvalid[None, :]
         tl.store(out_base + offs, res.to(out_ptr.dtype.element_ty), mask=valid)
