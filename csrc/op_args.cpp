@@ -200,6 +200,26 @@ BoxSampleArg box_sample_arg(const at::Tensor& lam, const at::Tensor& center, int
   return arg;
 }
 
+PoolGradArg pool_grad_arg(const at::Tensor& grad_out, const at::Tensor& boxes,
+                          const std::optional<at::Tensor>& inside_weight,
+                          const std::optional<at::Tensor>& outside_weight, int64_t box_height, int64_t box_width,
+                          double ratio, int64_t channels, c10::string_view normalize, int64_t height, int64_t width) {
+  TORCH_CHECK_VALUE(grad_out.dim() == 3, "grad_out must be a 3-D [M, B, C] tensor, got shape ", grad_out.sizes());
+  check_floating(grad_out, "grad_out");
+  check_positive_size(height, "height");
+  check_positive_size(width, "width");
+  const int64_t batch = grad_out.size(1);
+  check_unmix_scalars(box_height, box_width, height, width, ratio, channels, grad_out.size(2));
+  PoolGradArg arg;
+  arg.masked = parse_normalize(std::string(normalize));
+  arg.boxes = boxes_arg(boxes, grad_out, "grad_out", batch, box_height, box_width);
+  arg.weights = unmix_weights_arg(inside_weight, outside_weight, grad_out, "grad_out", batch,
+                                  opmath_dtype(grad_out.scalar_type()));
+  TORCH_CHECK_VALUE(grad_out.size(0) == arg.weights.subnets, "grad_out must have M = ", arg.weights.subnets,
+                    " (from the weights) along dim 0, got ", grad_out.size(0));
+  return arg;
+}
+
 bool parse_normalize(const std::string& normalize) {
   TORCH_CHECK_VALUE(normalize == "mean" || normalize == "masked", "normalize must be \"mean\" or \"masked\", got \"",
               normalize, "\"");

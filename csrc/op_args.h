@@ -90,6 +90,19 @@ struct BoxSampleArg {
 BoxSampleArg box_sample_arg(const at::Tensor& lam, const at::Tensor& center, int64_t height, int64_t width,
                             bool check_values = true);
 
+// The arguments of cutmix_unmix_pool_backward: grad_out [M, B, C] floating,
+// the output grid height x width, the unmixing scalars, normalize, boxes and
+// weights with M matching grad_out.
+struct PoolGradArg {
+  at::Tensor boxes;
+  UnmixWeights weights;
+  bool masked;
+};
+PoolGradArg pool_grad_arg(const at::Tensor& grad_out, const at::Tensor& boxes,
+                          const std::optional<at::Tensor>& inside_weight,
+                          const std::optional<at::Tensor>& outside_weight, int64_t box_height, int64_t box_width,
+                          double ratio, int64_t channels, c10::string_view normalize, int64_t height, int64_t width);
+
 // "mean" -> false, "masked" -> true; anything else is an error.
 bool parse_normalize(const std::string& normalize);
 

@@ -313,20 +313,13 @@ at::Tensor cutmix_unmix_pool_backward_cuda(const at::Tensor& grad_out, const at:
                                            int64_t box_width, double ratio, int64_t channels,
                                            c10::string_view normalize, int64_t height, int64_t width,
                                            bool channels_last) {
-  TORCH_CHECK_VALUE(grad_out.dim() == 3, "grad_out must be a 3-D [M, B, C] tensor, got shape ", grad_out.sizes());
-  check_floating(grad_out, "grad_out");
-  check_positive_size(height, "height");
-  check_positive_size(width, "width");
-  const int64_t batch = grad_out.size(1), C = grad_out.size(2), h = height, w = width, cells = h * w,
-                slice = C * cells;
-  check_unmix_scalars(box_height, box_width, h, w, ratio, channels, C);
-  const bool masked = parse_normalize(std::string(normalize));
-  const at::Tensor boxes_c = boxes_arg(boxes, grad_out, "grad_out", batch, box_height, box_width);
-  const UnmixWeights wts = unmix_weights_arg(inside_weight, outside_weight, grad_out, "grad_out", batch,
-                                             opmath_dtype(grad_out.scalar_type()));
-  const int64_t M = wts.subnets;
-  TORCH_CHECK_VALUE(grad_out.size(0) == M, "grad_out must have M = ", M, " (from the weights) along dim 0, got ",
-              grad_out.size(0));
+  const PoolGradArg arg = pool_grad_arg(grad_out, boxes, inside_weight, outside_weight, box_height, box_width, ratio,
+                                        channels, normalize, height, width);
+  const at::Tensor& boxes_c = arg.boxes;
+  const UnmixWeights& wts = arg.weights;
+  const bool masked = arg.masked;
+  const int64_t M = wts.subnets, batch = grad_out.size(1), C = grad_out.size(2), h = height, w = width,
+                cells = h * w, slice = C * cells;
   const Layout layout = channels_last ? Layout::kChannelsLast : Layout::kChannelsFirst;
   const c10::cuda::CUDAGuard guard(grad_out.device());
   at::Tensor grad_f = empty_features(batch, C, h, w, layout, grad_out.options());
