@@ -35,11 +35,11 @@ $(VENV)/.deps: requirements-dev.txt
 $(VENV)/.installed: $(VENV)/.deps setup.py pyproject.toml
 	$(PY) -m pip install --no-build-isolation -e .
 	touch $@
-	# The editable install just built the extension: no second build.
-	if [ -f mixshare_ops/_C.so ]; then touch mixshare_ops/_C.so; fi
 
+# The editable install builds the extension; rebuild in place (incrementally,
+# with ninja) only when a source is newer than the built library.
 mixshare_ops/_C.so: $(VENV)/.installed $(CSRC)
-	$(PY) setup.py -q build_ext --inplace
+	if [ ! -f $@ ] || [ -n "$$(find $(CSRC) -newer $@)" ]; then $(PY) setup.py -q build_ext --inplace; fi
 	touch $@
 
 setup: mixshare_ops/_C.so

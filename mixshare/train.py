@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+import mixshare_ops
 from mixshare import data, methods
 from mixshare.config import Config, validate
 from mixshare.evaluate import evaluate_model, final_report
@@ -139,6 +140,47 @@ def mimo_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor)
     return (ce * weights.t()).mean(dim=1).sum()
 
 
+def training_step(
+    net: torch.nn.Module,
+    dataset: data.ImageDataset,
+    index: torch.Tensor,
+    config: Config,
+    epoch: float,
+    progress: float,
+    mix_gen: torch.Generator,
+    host_rng: random.Random,
+    optimizer: torch.optim.Optimizer,
+    on_gpu: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One optimisation step on the rows ``index`` [M, R]; no host synchronisation.
+
+    Gathers and augments the images on the device, draws the mixing plan,
+    runs forward (bf16 autocast and channels_last on GPU if configured),
+    backward and ``optimizer.step()``. Returns the loss (scalar), the logits
+    [M, R, K] and the labels [M, R], all detached from the graph.
+    """
+    model = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
+    m, r = index.shape
+    images = dataset.train_images[index.reshape(-1)]
+    images = data.augment(images, dataset.hflip, mix_gen)
+    if on_gpu and config.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    images = images.view(m, r, *images.shape[1:])
+    labels = dataset.train_labels[index]
+    grid = tuple(dataset.train_images.shape[-2:])
+    plan, weights = methods.sample_plan(config, r, grid, epoch, progress, mix_gen, host_rng, model.num_features)
+    # The boxes come from cutmix_boxes, valid by construction: skip the ops'
+    # value checks, which would cost a host sync per call on CUDA.
+    with mixshare_ops.value_checks(False):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and config.bf16):
+            logits = net(images, plan)
+        loss = mimo_loss(logits, labels, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach(), labels
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -195,7 +237,6 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
         history = list(state["history"])
         start_epoch = int(state["epoch"])
 
-    grid = tuple(dataset.train_images.shape[-2:])
     for epoch in range(start_epoch, config.epochs):
         net.train()
         progress = epoch / config.epochs
@@ -212,25 +253,13 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
             if ddp.enabled:  # each rank takes its share of the rows
                 share = index.shape[1] // ddp.world_size
                 index = index[:, ddp.rank * share : (ddp.rank + 1) * share]
-            m, r = index.shape
-            images = dataset.train_images[index.reshape(-1)]
-            images = data.augment(images, dataset.hflip, mix_gen).view(m, r, *images.shape[1:])
-            labels = dataset.train_labels[index]
-            if on_gpu and config.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last) if images.dim() == 4 else images
-            plan, weights = methods.sample_plan(
-                config, r, grid, epoch, progress, mix_gen, host_rng, model.num_features
+            loss, logits, labels = training_step(
+                net, dataset, index, config, epoch, progress, mix_gen, host_rng, optimizer, on_gpu
             )
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and config.bf16):
-                logits = net(images, plan)
-            loss = mimo_loss(logits, labels, weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
             scheduler.step()
             loss_sum += loss.detach()
             correct += (logits.detach().argmax(-1) == labels).sum()
-            seen += m * r
+            seen += labels.numel()
         # One sync per epoch.
         stats = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
         if ddp.enabled:
