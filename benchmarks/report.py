@@ -1,0 +1,240 @@
+"""Run the benchmarks and write the report.
+
+    python -m benchmarks.report --out DIR [--device auto|cpu|cuda] [--quick]
+
+Writes ``DIR/report.md`` (tables and the targets met and missed),
+``DIR/results.json`` (everything, with the environment), ``DIR/ops.csv``,
+``DIR/train.csv`` and ``DIR/plots/*.png``. On CPU it runs the CPU providers at
+CPU-sized shapes; ``--quick`` is the smoke run of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+import mixshare_ops
+from benchmarks import cases, markdown, plots, targets, timing, train_step
+from benchmarks.sync_check import check_no_sync
+
+
+def environment(device: torch.device) -> dict:
+    """Device, driver and library versions, the date."""
+    env = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "mixshare_ops": mixshare_ops.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_threads": torch.get_num_threads(),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(
+            device=props.name, cuda=torch.version.cuda, sm_count=props.multi_processor_count,
+            memory_gib=round(props.total_memory / 2**30, 1),
+        )
+        try:
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=30, check=True,
+            ).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            env["driver"] = None
+    else:
+        env["device"] = f"CPU ({env['cpu']}, {env['cpu_threads']} threads)"
+    return env
+
+
+def run_ops(device, shapes, dtypes, providers, ops, *, repeat, sample_s, log=print) -> list[dict]:
+    """One row per (op, mode, shape, dtype, provider)."""
+    cases.allow_many_recompiles()
+    rows = []
+    with mixshare_ops.value_checks(False):
+        for op, shape, dtype_name, provider in cases.iter_cases(shapes, dtypes, providers, ops):
+            case = cases.make_case(op, shape, dtype_name, provider, device)
+            saved = None
+            for mode in cases.modes_for(op):
+                row = {
+                    "op": op, "mode": mode, "shape": shape.name, "dims": shape.label, "dtype": dtype_name,
+                    "provider": provider, "bytes": case.bytes(mode), "cifar": shape.cifar,
+                    "bandwidth_bound": shape.bandwidth_bound,
+                }
+                try:
+                    if saved is None and case.grad_input is not None:
+                        saved = timing.saved_for_backward(case.forward)
+                    fn = case.call(mode)
+                    t = timing.measure(fn, device, repeat=repeat, sample_s=sample_s)
+                    row.update(
+                        median_ms=1e3 * t.median, q25_ms=1e3 * t.q25, q75_ms=1e3 * t.q75, spread=t.spread,
+                        gbps=case.bytes(mode) / t.median / 1e9, saved_bytes=saved,
+                        peak_mem_mb=_mb(timing.peak_memory(fn, device)),
+                    )
+                except Exception as error:  # reported in the table, never hidden
+                    row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                    log(f"  {op} {mode} {shape.name} {dtype_name} {provider}: {row['error']}")
+                rows.append(row)
+            done = [r for r in rows[-len(cases.modes_for(op)):] if "median_ms" in r]
+            summary = "  ".join(f"{r['mode']} {r['median_ms'] * 1e3:.1f} us" for r in done)
+            log(f"{op:18s} {shape.name:20s} {dtype_name:8s} {provider:8s} {summary}")
+            del case
+    return rows
+
+
+def _mb(nbytes):
+    return None if nbytes is None else nbytes / 2**20
+
+
+def add_ratios(rows: list[dict], copy_gbps: float) -> None:
+    """% of the copy bandwidth, and speedups against eager and compile for the same case."""
+    key = lambda r: (r["op"], r["mode"], r["shape"], r["dtype"])  # noqa: E731
+    base = {(key(r), r["provider"]): r.get("median_ms") for r in rows}
+    for r in rows:
+        if "median_ms" not in r:
+            continue
+        r["pct_copy"] = 100.0 * r["gbps"] / copy_gbps
+        for ref in ("eager", "compile"):
+            other = base.get((key(r), ref))
+            r[f"x_{ref}"] = other / r["median_ms"] if other else None
+
+
+def run_train(device, settings, variant_names, *, steps, repeat, log=print) -> list[dict]:
+    rows = []
+    for setting in settings:
+        for variant in variant_names:
+            try:
+                row = train_step.step_throughput(variant, setting, device, steps=steps, repeat=repeat)
+            except Exception as error:
+                row = {"model": setting.model, "rows": setting.rows, "variant": variant,
+                       "error": f"{type(error).__name__}: {error}"}
+            log(f"train-step {setting.model:10s} {variant:22s} "
+                + (f"{row['step_ms']:.1f} ms/step, {row['images_per_s']:.0f} img/s" if "step_ms" in row
+                   else row["error"]))
+            rows.append(row)
+        single = next((r for r in rows if r["model"] == setting.model and r["variant"] == "single"
+                       and "step_ms" in r), None)
+        for r in rows:
+            if r["model"] == setting.model and single and "step_ms" in r:
+                r["x_single_step_time"] = r["step_ms"] / single["step_ms"]
+    return rows
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+    fields = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+
+    def write(fh):
+        writer = csv.DictWriter(fh, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    _atomic(path, write)
+
+
+def _atomic(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_report(out: str, results: dict) -> None:
+    os.makedirs(os.path.join(out, "plots"), exist_ok=True)
+    _atomic(os.path.join(out, "results.json"), lambda fh: json.dump(results, fh, indent=1))
+    _write_csv(os.path.join(out, "ops.csv"), results["ops"])
+    if results["train"]:
+        _write_csv(os.path.join(out, "train.csv"), results["train"])
+    images = plots.write_plots(results, os.path.join(out, "plots"))
+    text = markdown.report(results, [os.path.relpath(p, out) for p in images])
+    _atomic(os.path.join(out, "report.md"), lambda fh: fh.write(text))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for report.md, results.json, the CSVs and plots")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, few repeats: the smoke run")
+    parser.add_argument("--ops", nargs="+", choices=cases.OPS, default=list(cases.OPS))
+    parser.add_argument("--providers", nargs="+", choices=cases.PROVIDERS, help="default: all that run here")
+    parser.add_argument("--dtypes", nargs="+", choices=list(cases.DTYPES), default=list(cases.DTYPES))
+    parser.add_argument("--repeat", type=int, help="timing samples per case (default 15; 3 with --quick)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
+    parser.add_argument("--train-steps", type=int, help="steps per timed block (default 10; 2 with --quick)")
+    args = parser.parse_args(argv)
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    on_gpu = device.type == "cuda"
+    if args.quick:
+        shapes, settings = cases.quick_shapes(), train_step.quick_settings()
+    elif on_gpu:
+        shapes, settings = cases.cuda_shapes(), train_step.cuda_settings()
+    else:
+        shapes, settings = cases.cpu_shapes(), train_step.cpu_settings()
+    providers = args.providers or cases.default_providers(device)
+    unusable = [p for p in providers if p not in cases.default_providers(device)]
+    if unusable:
+        parser.error(f"providers {unusable} cannot run on {device.type} here; usable: "
+                     f"{cases.default_providers(device)}")
+    repeat = args.repeat or (3 if args.quick else 15)
+    started = time.perf_counter()
+
+    env = environment(device)
+    copy_bytes = (2**20 if args.quick else 2**30 if on_gpu else 2**28)
+    copy_gbps, copy_t = timing.copy_bandwidth(device, copy_bytes, repeat=repeat)
+    env.update(copy_gbps=copy_gbps / 1e9, copy_buffer_mib=copy_bytes / 2**20, copy_spread=copy_t.spread)
+    print(f"{env['device']}: copy bandwidth {copy_gbps / 1e9:.1f} GB/s (buffer {copy_bytes / 2**20:.0f} MiB)")
+
+    op_rows = run_ops(device, shapes, args.dtypes, providers, args.ops, repeat=repeat,
+                      sample_s=0.005 if args.quick else 0.05)
+    add_ratios(op_rows, copy_gbps / 1e9)
+    train_rows = []
+    if not args.no_train:
+        train_rows = run_train(device, settings, train_step.variants(device),
+                               steps=args.train_steps or (2 if args.quick else 10), repeat=2 if args.quick else 3)
+    fused = [p for p in providers if p in ("cuda", "triton")]
+    sync = check_no_sync(device, fused) if on_gpu else {}
+    results = {
+        "environment": env,
+        "settings": {"quick": args.quick, "repeat": repeat, "providers": providers, "dtypes": args.dtypes,
+                     "seconds": None},
+        "ops": op_rows,
+        "train": train_rows,
+        "sync_check": sync,
+    }
+    results["targets"] = targets.evaluate(results)
+    results["settings"]["seconds"] = round(time.perf_counter() - started, 1)
+    write_report(args.out, results)
+    print(f"report: {os.path.join(args.out, 'report.md')} ({results['settings']['seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
