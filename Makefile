@@ -2,6 +2,7 @@
 #
 #     make demo    # the main job: single vs Cut-MixMo vs MixShare on the embedded digits
 #     make test    # the test suite (what .ci/run runs)
+#     make bench   # the benchmark report (benchmarks/README.md)
 #
 # It creates .venv (seeing the system's packages, so an existing torch, e.g. a
 # CUDA build on a GPU machine, is reused), installs torch only if none is
@@ -24,7 +25,7 @@ DEMO_OUT ?= runs/demo
 DEMO_ARGS ?= --dataset digits --model wrn-10-1 --epochs 15 --seeds 0 1 --no-progress \
 	--set batch_repetition=1 batch_size=32 lr=0.1 "lr_milestones=[0.5,0.75]" warmup_epochs=0.5
 
-.PHONY: setup build test test-fast demo clean
+.PHONY: setup build test test-fast demo bench clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
@@ -56,6 +57,11 @@ test-fast: setup
 demo: setup
 	$(VENV)/bin/mixshare compare --methods single cut-mixmo unmix-align mixshare-fadeout --out $(DEMO_OUT) $(DEMO_ARGS)
 	@echo "plots and metrics: $(DEMO_OUT)/<method>/seed<k>/; table: $(DEMO_OUT)/compare.md"
+
+# The benchmark report (CPU providers and shapes on a CPU machine).
+BENCH_OUT ?= benchmarks/results/latest
+bench: setup
+	$(PY) -m benchmarks.report --out $(BENCH_OUT)
 
 clean:
 	rm -rf build mixshare_ops/_C*.so *.egg-info

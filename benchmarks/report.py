@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     print(f"{env['device']}: copy bandwidth {copy_gbps / 1e9:.1f} GB/s (buffer {copy_bytes / 2**20:.0f} MiB)")
 
     op_rows = run_ops(device, shapes, args.dtypes, providers, args.ops, repeat=repeat,
-                      sample_s=0.005 if args.quick else 0.05)
+                      sample_s=0.005 if args.quick else 0.02)
     add_ratios(op_rows, copy_gbps / 1e9)
     train_rows = []
     if not args.no_train:
