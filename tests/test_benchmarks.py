@@ -135,3 +135,11 @@ def test_pytest_benchmark_suites_smoke():
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def test_sanitizer_driver_runs_every_op():
+    """The compute-sanitizer driver's checks pass on the CPU backends (on a GPU it runs cuda and triton)."""
+    from benchmarks.sanitize_cuda import run
+
+    assert run("cpu", CPU) == 0
+    assert run("reference", CPU) == 0
