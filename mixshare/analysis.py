@@ -9,6 +9,14 @@ Written against a small model interface only:
   encodings summed as at test time) -> list of ``[B, C_s, H_s, W_s]``, the
   feature maps at the end of each core stage.
 
+Models without per-subnetwork encoders (the ViTs of :mod:`mixshare.vit`, one
+patch embedding shared by every subnetwork) have no input-block profile:
+:func:`share_rates` and :func:`feature_sharing_report` give ``None`` with a
+reason there; :func:`conditional_variance` then takes M from
+``model.num_subnets`` and the device and dtype from the first parameter, and
+:func:`source_attention` measures how the attributed class tokens of a MixViT
+read their own input's tokens.
+
 Feature *profiles* are ``[M, F]`` non-negative importances of F features to
 each subnetwork: the L1 norm of each encoder's kernel per output channel
 (input block) and of each head's weight column per input feature (output
@@ -33,7 +41,20 @@ __all__ = [
     "classifier_share_rate",
     "conditional_variance",
     "feature_sharing_report",
+    "has_input_encoders",
+    "share_rates",
+    "source_attention",
 ]
+
+NO_ENCODER_NOTE = (
+    "no per-subnetwork input encoders: the subnetworks share one patch embedding, so there is no input-block "
+    "profile to compare (the share rate would be 100% by construction)"
+)
+
+
+def has_input_encoders(model: nn.Module) -> bool:
+    """Whether ``model`` has M per-subnetwork input encoders (the CNNs) to profile."""
+    return hasattr(model, "encoders")
 
 
 def _subnet_modules(model: nn.Module, attr: str, kind: type) -> list:
@@ -113,22 +134,41 @@ def classifier_share_rate(model: nn.Module) -> float:
     return share_rate(classifier_profiles(model))
 
 
+def share_rates(model: nn.Module) -> dict:
+    """``encoder_share_rate`` and ``classifier_share_rate`` (%) of any project model.
+
+    Without per-subnetwork encoders (a ViT) ``encoder_share_rate`` is None and
+    ``encoder_share_rate_note`` says why.
+    """
+    out = {"classifier_share_rate": classifier_share_rate(model)}
+    if has_input_encoders(model):
+        out["encoder_share_rate"] = encoder_share_rate(model)
+    else:
+        out["encoder_share_rate"] = None
+        out["encoder_share_rate_note"] = NO_ENCODER_NOTE
+    return out
+
+
 def feature_sharing_report(model: nn.Module) -> dict:
     """Share rates and profiles of the input and output blocks, as plain Python values.
 
     Keys: ``num_subnets``, ``encoder_share_rate``, ``classifier_share_rate`` (%,
     nan as in :func:`share_rate`), ``encoder_profiles`` (M lists of C_enc floats),
-    ``classifier_profiles`` (M lists of C_final floats).
+    ``classifier_profiles`` (M lists of C_final floats). Without per-subnetwork
+    encoders the encoder entries are None and ``encoder_share_rate_note`` says why.
     """
-    enc = encoder_profiles(model)
     cls = classifier_profiles(model)
-    return {
+    report = {
         "num_subnets": int(model.num_subnets),
-        "encoder_share_rate": share_rate(enc),
         "classifier_share_rate": share_rate(cls),
-        "encoder_profiles": enc.double().cpu().tolist(),
         "classifier_profiles": cls.double().cpu().tolist(),
     }
+    if has_input_encoders(model):
+        enc = encoder_profiles(model)
+        report.update(encoder_share_rate=share_rate(enc), encoder_profiles=enc.double().cpu().tolist())
+    else:
+        report.update(encoder_share_rate=None, encoder_profiles=None, encoder_share_rate_note=NO_ENCODER_NOTE)
+    return report
 
 
 # --------------------------------------------------------------------------- conditional variance
@@ -200,10 +240,17 @@ def conditional_variance(
     subnetwork is computed). Runs under ``torch.no_grad`` with the model in eval
     mode (batch-norm running statistics, no dropout); every submodule's
     training flag is restored afterwards. Images are processed ``batch_size``
-    at a time on the device (and in the dtype) of ``model.encoders[0].weight``.
+    at a time on the device (and in the dtype) of ``model.encoders[0].weight``
+    (of the first parameter for a model without encoders, e.g. a ViT, whose
+    ``stage_features`` mixes the M inputs on its patch grid).
     """
-    encoders = _subnet_modules(model, "encoders", nn.Conv2d)
-    m = len(encoders)
+    if has_input_encoders(model):
+        encoders = _subnet_modules(model, "encoders", nn.Conv2d)
+        m = len(encoders)
+        weight = encoders[0].weight
+    else:
+        m = int(model.num_subnets)
+        weight = next(model.parameters())
     if not isinstance(images, torch.Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor [N, C, H, W], got {shape}")
@@ -225,7 +272,6 @@ def conditional_variance(
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
 
-    weight = encoders[0].weight
     dtype = weight.dtype if weight.is_floating_point() else images.dtype
     fixed = images[fixed_index].to(device=weight.device, dtype=dtype)
 
@@ -260,3 +306,38 @@ def conditional_variance(
     if subnet is not None:
         return per_subnet[0]
     return [torch.stack([per_subnet[i][s] for i in range(m)]) for s in range(num_stages)]
+
+
+# --------------------------------------------------------------------------- source attribution (ViT)
+
+
+def source_attention(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """How much each attributed class token attends to its own input's tokens: float64 CPU ``[k, M]``.
+
+    ``model.source_attention(x)`` (a :class:`mixshare.vit.MimoViT`) on
+    ``x [M, B, 3, H, W]``: input i gets ``images`` rolled by i (so the M inputs
+    differ), the M inputs fill M vertical bands of the patch grid, and entry
+    (j, i) is the share of class token i's patch attention in attributed block
+    j that falls on input i's band. Chance level about 1 / M; 1 means the
+    subnetwork reads only its own input. Eval mode and no grad, flags restored;
+    batches of ``batch_size`` are weighted by their size.
+    """
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 1:
+        raise ValueError(f"images must be a non-empty tensor [N, C, H, W], got {getattr(images, 'shape', images)}")
+    m = int(model.num_subnets)
+    param = next(model.parameters())
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    total, count = None, 0
+    try:
+        with torch.no_grad():
+            for start in range(0, images.shape[0], batch_size):
+                batch = images[start:start + batch_size].to(device=param.device, dtype=param.dtype)
+                inputs = torch.stack([batch.roll(i, dims=0) for i in range(m)])
+                shares = model.source_attention(inputs).double().cpu() * batch.shape[0]
+                total = shares if total is None else total + shares
+                count += batch.shape[0]
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    return total / count

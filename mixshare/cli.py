@@ -10,15 +10,18 @@ import statistics
 import sys
 
 from mixshare import config as cfg
-from mixshare.methods import PRESETS, preset
+from mixshare.methods import ALL_PRESETS, preset
 
 DEMO_METHODS = ("single", "cut-mixmo", "unmix-align", "mixshare-fadeout")
+DEFAULT_VIT_METHOD = "mixvit"  # the default method when the model is a ViT and no method is named
+VIT_DEMO_METHODS = ("single-vit", "mixvit")  # compare's default methods for a ViT model
 
 
 def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
     p.add_argument("--dataset", choices=cfg.DATASETS, help="dataset (default: digits, embedded)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
-    p.add_argument("--model", help="wrn-<depth>-<width> (e.g. wrn-28-2, wrn-16-2) or preact-resnet18")
+    p.add_argument("--model", help="wrn-<depth>-<width> (e.g. wrn-28-2, wrn-16-2), preact-resnet18, "
+                                    "vit-tiny or vit-<depth>-<dim>[-<heads>] (e.g. vit-6-128)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
@@ -28,10 +31,24 @@ def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _wants_vit(args, file_values: dict, set_values: dict) -> bool:
+    """Whether the model the command line asks for (--set, else --model, else --config, else the default) is a ViT."""
+    from mixshare.models import model_family
+
+    model = set_values.get("model") or args.model or file_values.get("model") or cfg.Config.model
+    return model_family(str(model)) == "vit"
+
+
 def build_config(args, method=None, seed=None) -> cfg.Config:
-    """defaults <- method preset <- --config file <- flags <- --set."""
+    """defaults <- method preset <- --config file <- flags <- --set.
+
+    Without a method (argument, --method or the file's), a ViT model gets
+    ``mixvit`` and any other model ``mixshare-fadeout``.
+    """
     file_values = cfg.load_yaml(args.config) if getattr(args, "config", None) else {}
-    method = method or getattr(args, "method", None) or file_values.get("method") or cfg.Config.method
+    set_values = cfg.parse_set(args.set)
+    default = DEFAULT_VIT_METHOD if _wants_vit(args, file_values, set_values) else cfg.Config.method
+    method = method or getattr(args, "method", None) or file_values.get("method") or default
     config = cfg.apply(cfg.Config(), preset(method), f"preset {method}")
     config = cfg.apply(config, {k: v for k, v in file_values.items() if k != "method"}, args.config or "")
     flags = {
@@ -41,7 +58,7 @@ def build_config(args, method=None, seed=None) -> cfg.Config:
     config = cfg.apply(config, {k: v for k, v in flags.items() if v is not None}, "the command line")
     if args.no_progress:
         config = cfg.apply(config, {"progress": False}, "--no-progress")
-    config = cfg.apply(config, cfg.parse_set(args.set), "--set")
+    config = cfg.apply(config, set_values, "--set")
     cfg.validate(config)
     return config
 
@@ -60,13 +77,13 @@ def cmd_train(args) -> int:
 def _model_from_checkpoint(path, device):
     import torch
 
-    from mixshare.models import build_model
+    from mixshare.models import model_from_config
     from mixshare.train import load_checkpoint, resolve_device
 
     state = load_checkpoint(path)
     config = cfg.apply(cfg.Config(), state["config"], path)
     device = resolve_device(device or "auto")
-    model = build_model(config.model, int(state["num_classes"]), config.num_subnets, config.encoder_init)
+    model = model_from_config(config, int(state["num_classes"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), config, state, device
 
@@ -86,8 +103,7 @@ def cmd_eval(args) -> int:
     model, config, _, device = _model_from_checkpoint(args.checkpoint, args.device)
     dataset = _dataset_for(config, args.data_dir, device)
     report = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
-    report["encoder_share_rate"] = analysis.encoder_share_rate(model)
-    report["classifier_share_rate"] = analysis.classifier_share_rate(model)
+    report.update(analysis.share_rates(model))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -103,6 +119,10 @@ def cmd_analyze(args) -> int:
     report = analysis.feature_sharing_report(model)
     variances = analysis.conditional_variance(model, dataset.test_images[: args.num_images])
     report["conditional_variance"] = [v.tolist() for v in variances]
+    if hasattr(model, "stage_names"):
+        report["conditional_variance_stages"] = model.stage_names()
+    if hasattr(model, "source_attention") and model.num_subnets > 1:
+        report["source_attention"] = analysis.source_attention(model, dataset.test_images[: args.num_images]).tolist()
     report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images)
     atomic_write_text(os.path.join(args.out, "analysis.json"), json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("encoder_share_rate", "classifier_share_rate", "plots")}, indent=2))
@@ -137,8 +157,12 @@ def comparison_table(results: dict) -> str:
 def cmd_compare(args) -> int:
     from mixshare.train import atomic_write_text, train
 
+    methods = args.methods
+    if methods is None:
+        file_values = cfg.load_yaml(args.config) if args.config else {}
+        methods = VIT_DEMO_METHODS if _wants_vit(args, file_values, cfg.parse_set(args.set)) else DEMO_METHODS
     results = {}
-    for method in args.methods:
+    for method in methods:
         results[method] = []
         for seed in args.seeds:
             config = build_config(args, method=method, seed=seed)
@@ -152,7 +176,8 @@ def cmd_compare(args) -> int:
                 report = train(config, run_dir, resume=True)
             results[method].append(report)
     table = comparison_table(results)
-    header = f"{args.dataset or 'digits'}, {results and next(iter(results.values()))[0]['model']}, seeds {args.seeds}"
+    first = next(iter(results.values()))[0]
+    header = f"{first.get('dataset', args.dataset or 'digits')}, {first['model']}, seeds {args.seeds}"
     atomic_write_text(os.path.join(args.out, "compare.md"), f"# {header}\n\n{table}\n")
     atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
     print(table)
@@ -165,7 +190,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one method, evaluate and analyse it")
     _add_run_options(p)
-    p.add_argument("--method", choices=list(PRESETS), help="method preset (default: mixshare-fadeout)")
+    p.add_argument("--method", choices=list(ALL_PRESETS),
+                   help="method preset (default: mixshare-fadeout, or mixvit for a vit-* model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
@@ -187,7 +213,8 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="several methods x seeds, printed as MixShare's Table 1")
     _add_run_options(p)
-    p.add_argument("--methods", nargs="+", choices=list(PRESETS), default=list(DEMO_METHODS))
+    p.add_argument("--methods", nargs="+", choices=list(ALL_PRESETS),
+                   help=f"default: {' '.join(DEMO_METHODS)}; for a vit-* model: {' '.join(VIT_DEMO_METHODS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", required=True)
     p.add_argument("--rerun", action="store_true", help="retrain runs that already have metrics.json")

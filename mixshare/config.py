@@ -19,6 +19,8 @@ class Config:
     data_dir: Optional[str] = None
     # model
     model: str = "wrn-28-2"
+    attribution_depth: int = 2  # ViT: the last k blocks, with source attribution (class attention)
+    drop_path: float = 0.0  # ViT: stochastic depth rate of the last block (linear in depth)
     # method (filled by the preset named in `method`, see mixshare.methods)
     method: str = "mixshare-fadeout"
     num_subnets: int = 2
@@ -38,10 +40,13 @@ class Config:
     # optimisation
     epochs: int = 300
     batch_size: int = 64
-    lr: Optional[float] = None  # default 0.1 / b * batch_size / 128
-    momentum: float = 0.9
-    nesterov: bool = True
-    l2: float = 3e-4  # 3e-4 * sum of squared weights (SGD weight decay 2 * l2)
+    optimizer: str = "sgd"  # sgd (the CNN papers') | adamw (the ViT presets')
+    lr: Optional[float] = None  # default: sgd 0.1 / b * batch_size / 128, adamw 1e-3
+    momentum: float = 0.9  # sgd
+    nesterov: bool = True  # sgd
+    l2: float = 3e-4  # sgd: 3e-4 * sum of squared weights (SGD weight decay 2 * l2)
+    weight_decay: float = 0.05  # adamw: decoupled weight decay (not on biases, norms, embeddings)
+    schedule: str = "step"  # step: x lr_decay at lr_milestones | cosine: cosine decay to 0 after warmup
     warmup_epochs: float = 1.0
     lr_milestones: tuple = (0.25, 0.5, 0.75)  # fractions of training (75/150/225 of 300)
     lr_decay: float = 0.1
@@ -62,7 +67,11 @@ class Config:
     synthetic_size: int = 32
 
     def lr_value(self) -> float:
-        return self.lr if self.lr is not None else 0.1 / self.batch_repetition * self.batch_size / 128
+        if self.lr is not None:
+            return self.lr
+        if self.optimizer == "adamw":  # the usual ViT-on-CIFAR value (batch 128); not rescaled with the batch
+            return 1e-3
+        return 0.1 / self.batch_repetition * self.batch_size / 128
 
     def fade_span(self) -> Optional[float]:
         """Epochs over which unmixing fades out, or None."""
@@ -85,6 +94,8 @@ CHOICES = {
     "unmix_normalize": ("mean", "masked"),
     "encoder_init": ("independent", "identical", "colinear"),
     "ensemble": ("logits", "probs"),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("step", "cosine"),
 }
 
 
@@ -174,7 +185,33 @@ def validate(config: Config) -> None:
         (config.lr is None or (math.isfinite(config.lr) and config.lr > 0), "lr must be positive"),
         (all(0 < m < 1 for m in config.lr_milestones), "lr_milestones are fractions of training in (0, 1)"),
         (config.warmup_epochs >= 0, "warmup_epochs must be >= 0"),
+        (config.attribution_depth >= 1, "attribution_depth must be >= 1"),
+        (0 <= config.drop_path < 1, "drop_path must be in [0, 1)"),
+        (config.weight_decay >= 0, "weight_decay must be >= 0"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    _validate_family(config)
+
+
+def _validate_family(config: Config) -> None:
+    """The method presets and knobs of the CNNs and of the ViTs each need their own kind of model."""
+    from mixshare.methods import PRESETS, VIT_PRESETS
+    from mixshare.models import CNN_MODEL_PATTERN, VIT_MODEL_PATTERN, model_family
+
+    vit = model_family(config.model) == "vit"
+    if config.method in VIT_PRESETS and not vit:
+        raise ConfigError(
+            f"method {config.method!r} needs a ViT model ({VIT_MODEL_PATTERN}), got model {config.model!r}; "
+            f"the CNN methods are {', '.join(PRESETS)}")
+    if config.method in PRESETS and vit:
+        raise ConfigError(
+            f"method {config.method!r} is a CNN method ({CNN_MODEL_PATTERN}), got model {config.model!r}; "
+            f"the ViT methods are {', '.join(VIT_PRESETS)}")
+    if vit and config.unmix:
+        raise ConfigError("unmix applies to the CNNs; a ViT separates its subnetworks by source attribution "
+                          "(attribution_depth), set unmix: false")
+    if vit and config.encoder_init != "independent":
+        raise ConfigError("encoder_init applies to the CNNs' M input encoders; a ViT has one patch embedding "
+                          "shared by its subnetworks (encoder_init must stay independent)")

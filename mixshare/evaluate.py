@@ -36,8 +36,9 @@ def evaluate_model(model, images, labels, config: Config) -> dict:
 def final_report(model, dataset, config: Config, history: list, out_dir: Optional[str]) -> dict:
     """metrics.json content; writes the plots into ``out_dir`` when given."""
     report = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
-    report["encoder_share_rate"] = analysis.encoder_share_rate(model)
-    report["classifier_share_rate"] = analysis.classifier_share_rate(model)
+    report.update(analysis.share_rates(model))
+    if hasattr(model, "source_attention") and model.num_subnets > 1:
+        report["source_attention"] = analysis.source_attention(model, dataset.test_images[:256]).tolist()
     report.update(
         method=config.method, model=config.model, dataset=config.dataset, seed=config.seed, epochs=config.epochs,
         num_subnets=config.num_subnets,
@@ -48,15 +49,28 @@ def final_report(model, dataset, config: Config, history: list, out_dir: Optiona
 
 
 def write_plots(model, dataset, history: list, out_dir: str, num_images: int = 256) -> list[str]:
-    """Feature-sharing profiles, conditional variance and training curves (PNG)."""
+    """Feature-sharing profiles, conditional variance and training curves (PNG).
+
+    CNNs: encoder and classifier profiles, conditional variance per stage.
+    ViTs (no per-subnetwork encoders): classifier profiles (the heads' use of
+    the D class-token features) and conditional variance per token channel at
+    the end of the model's selected blocks, the class tokens coloured by
+    subnetwork.
+    """
     paths = []
     if history:
         paths.append(plots.plot_training_curves(history, os.path.join(out_dir, "training_curves.png")))
     if model.num_subnets > 1:
-        paths.append(plots.plot_feature_profiles(
-            analysis.encoder_profiles(model), os.path.join(out_dir, "encoder_profiles.png"), "encoder kernels"))
+        if analysis.has_input_encoders(model):
+            paths.append(plots.plot_feature_profiles(
+                analysis.encoder_profiles(model), os.path.join(out_dir, "encoder_profiles.png"), "encoder kernels"))
         paths.append(plots.plot_feature_profiles(
             analysis.classifier_profiles(model), os.path.join(out_dir, "classifier_profiles.png"), "classifier columns"))
         variances = analysis.conditional_variance(model, dataset.test_images[:num_images])
-        paths.append(plots.plot_conditional_variance(variances, os.path.join(out_dir, "conditional_variance.png")))
+        names = model.stage_names() if hasattr(model, "stage_names") else None
+        # A ViT's attributed blocks give the M class tokens side by side: one colour per subnetwork.
+        groups = [v.shape[1] // model.num_features if v.shape[1] > model.num_features else 1 for v in variances]
+        paths.append(plots.plot_conditional_variance(
+            variances, os.path.join(out_dir, "conditional_variance.png"), stage_names=names,
+            channel_groups=groups if names else None))
     return paths

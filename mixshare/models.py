@@ -4,6 +4,12 @@ Shapes: images ``[M, B, 3, H, W]`` (one batch per subnetwork), logits
 ``[M, B, K]``. Training mixes the M encodings with ``mixshare_ops.box_mix``
 and, for the unmixing methods, pools the final map per subnetwork with
 ``mixshare_ops.cutmix_unmix_pool``; test time sums the encodings (MixMo).
+
+:func:`build_model` is the one entry point by name, for the CNNs here and the
+MixViT transformers of :mod:`mixshare.vit`. Every model offers ``forward(images,
+plan)``, ``predict(images)``, ``num_subnets``, ``num_features``,
+``mixing_grid(image_size)`` (where the plan's boxes live) and ``mixing_scale``
+(the ``box_mix`` scale; None: M).
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mixshare_ops
+from mixshare.vit import VIT_MODEL_PATTERN, MimoViT, vit_from_name  # noqa: F401  (MimoViT re-exported)
 
 ENCODER_INITS = ("independent", "identical", "colinear")
 
@@ -66,6 +73,9 @@ class MimoNet(nn.Module):
     ``stages``: list of (channels, blocks, stride). M = 1 is the plain network.
     """
 
+    # box_mix scale of the training mix; None: M (MixMo), because test time sums the M encodings.
+    mixing_scale = None
+
     def __init__(self, stages, stem: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
         super().__init__()
         if num_subnets < 1:
@@ -104,6 +114,10 @@ class MimoNet(nn.Module):
                 elif encoder_init == "colinear":  # a random positive multiple (MixShare appendix C)
                     factor = torch.empty(()).uniform_(0.5, 2.0)
                     encoder.weight.copy_(first * factor)
+
+    def mixing_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The grid the mixing boxes live on: the encoder output, i.e. the image size (H, W)."""
+        return tuple(image_size)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """images [M, B, 3, H, W] -> encodings [M, B, stem, H, W]."""
@@ -174,14 +188,42 @@ def preact_resnet18(num_classes: int, num_subnets: int = 2, encoder_init: str = 
     return MimoNet(stages, 64, num_classes, num_subnets, encoder_init)
 
 
-MODEL_PATTERN = "wrn-<depth>-<width> (depth = 6n + 4, e.g. wrn-28-2, wrn-16-2) or preact-resnet18"
+CNN_MODEL_PATTERN = "wrn-<depth>-<width> (depth = 6n + 4, e.g. wrn-28-2, wrn-16-2) or preact-resnet18"
+MODEL_PATTERN = f"{CNN_MODEL_PATTERN}; or a ViT: {VIT_MODEL_PATTERN}"
 
 
-def build_model(name: str, num_classes: int, num_subnets: int, encoder_init: str = "independent") -> MimoNet:
-    """A model from its CLI name: ``wrn-<depth>-<width>`` or ``preact-resnet18``."""
+def model_family(name: str) -> str:
+    """``"vit"`` for a ViT name (``vit-...``), ``"cnn"`` otherwise."""
+    return "vit" if name == "vit-tiny" or name.startswith("vit-") else "cnn"
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    num_subnets: int,
+    encoder_init: str = "independent",
+    *,
+    attribution_depth: int = 2,
+    drop_path: float = 0.0,
+) -> nn.Module:
+    """A model from its CLI name: ``wrn-<depth>-<width>``, ``preact-resnet18``, ``vit-tiny`` or ``vit-<depth>-<dim>[-<heads>]``.
+
+    ``encoder_init`` applies to the CNNs' M encoders; ``attribution_depth``
+    (the last k blocks, with source attribution) and ``drop_path``
+    (stochastic depth) to the ViTs.
+    """
     match = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
     if match:
         return wide_resnet(int(match.group(1)), int(match.group(2)), num_classes, num_subnets, encoder_init)
     if name == "preact-resnet18":
         return preact_resnet18(num_classes, num_subnets, encoder_init)
+    vit = vit_from_name(name, num_classes, num_subnets, attribution_depth, drop_path)
+    if vit is not None:
+        return vit
     raise ValueError(f"unknown model {name!r}: expected {MODEL_PATTERN}")
+
+
+def model_from_config(config, num_classes: int) -> nn.Module:
+    """:func:`build_model` with the model fields of a :class:`mixshare.config.Config`."""
+    return build_model(config.model, num_classes, config.num_subnets, config.encoder_init,
+                       attribution_depth=config.attribution_depth, drop_path=config.drop_path)

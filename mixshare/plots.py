@@ -113,7 +113,13 @@ def _set_scale(ax, axis: str, values: np.ndarray) -> None:
             (ax.set_xlim if axis == "x" else ax.set_ylim)(0, None)
 
 
-def plot_conditional_variance(variances: Sequence, path, title: Optional[str] = None):
+def plot_conditional_variance(
+    variances: Sequence,
+    path,
+    title: Optional[str] = None,
+    stage_names: Optional[Sequence[str]] = None,
+    channel_groups: Optional[Sequence[int]] = None,
+):
     """One scatter panel per stage: each channel's variance w.r.t. input 0 (x) vs input 1 (y).
 
     ``variances``: list over stages of ``[M, C_s]`` (from
@@ -121,7 +127,9 @@ def plot_conditional_variance(variances: Sequence, path, title: Optional[str] = 
     subnetworks are drawn. An axis is logarithmic when all its values are
     positive (symlog when some are exactly 0). Separated subnetworks put their
     points along the two axes; shared channels sit near the diagonal (dashed).
-    Needs M >= 2.
+    Needs M >= 2. ``stage_names``: panel titles (default "stage s");
+    ``channel_groups``: per stage, G > 1 splits the C_s channels into G equal
+    consecutive groups coloured apart (a ViT's class tokens, one per subnetwork).
     """
     stages = [_to_numpy(v) for v in variances]
     if not stages:
@@ -129,13 +137,29 @@ def plot_conditional_variance(variances: Sequence, path, title: Optional[str] = 
     for s, v in enumerate(stages):
         if v.ndim != 2 or v.shape[0] < 2:
             raise ValueError(f"stage {s}: variances must be [M >= 2, C_s], got shape {v.shape}")
+    if stage_names is not None and len(stage_names) != len(stages):
+        raise ValueError(f"stage_names has {len(stage_names)} names for {len(stages)} stages")
+    if channel_groups is not None:
+        if len(channel_groups) != len(stages):
+            raise ValueError(f"channel_groups has {len(channel_groups)} entries for {len(stages)} stages")
+        for s, (g, v) in enumerate(zip(channel_groups, stages)):
+            if g < 1 or v.shape[1] % g:
+                raise ValueError(f"stage {s}: {v.shape[1]} channels cannot be split into {g} equal groups")
 
     n = len(stages)
     fig = Figure(figsize=(3.6 * n, 3.8), dpi=100)
     for s, v in enumerate(stages):
         ax = fig.add_subplot(1, n, s + 1)
         x, y = v[0], v[1]
-        ax.scatter(x, y, s=10, alpha=0.6, color="tab:blue", linewidths=0)
+        groups = channel_groups[s] if channel_groups is not None else 1
+        if groups > 1:
+            size = v.shape[1] // groups
+            for g in range(groups):
+                part = slice(g * size, (g + 1) * size)
+                ax.scatter(x[part], y[part], s=10, alpha=0.6, color=_color(g), linewidths=0, label=f"class token {g}")
+            ax.legend(fontsize="x-small", loc="best")
+        else:
+            ax.scatter(x, y, s=10, alpha=0.6, color="tab:blue", linewidths=0)
         finite = np.concatenate([x, y])
         finite = finite[np.isfinite(finite)]
         if finite.size and finite.max() > 0:
@@ -147,7 +171,8 @@ def plot_conditional_variance(variances: Sequence, path, title: Optional[str] = 
         ax.set_xlabel("variance w.r.t. input 0")
         if s == 0:
             ax.set_ylabel("variance w.r.t. input 1")
-        ax.set_title(f"stage {s + 1} ({v.shape[1]} channels)", fontsize="medium")
+        name = stage_names[s] if stage_names is not None else f"stage {s + 1}"
+        ax.set_title(f"{name} ({v.shape[1]} channels)", fontsize="small" if stage_names else "medium")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

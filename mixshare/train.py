@@ -27,7 +27,7 @@ import mixshare_ops
 from mixshare import data, methods
 from mixshare.config import Config, validate
 from mixshare.evaluate import evaluate_model, final_report
-from mixshare.models import build_model
+from mixshare.models import model_from_config
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -110,12 +110,39 @@ def setup_distributed(device: torch.device) -> Distributed:
 
 
 def lr_factor(config: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup over ``warmup_epochs``, x``lr_decay`` at each milestone."""
+    """Linear warmup over ``warmup_epochs``, then ``schedule``: step (x``lr_decay`` at each
+    milestone) or cosine (from 1 after the warmup to 0 at the end of training)."""
     warmup = config.warmup_epochs * steps_per_epoch
     factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    progress = step / (config.epochs * steps_per_epoch)
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        if step < warmup:
+            return factor
+        done = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
+    progress = step / total
     passed = sum(progress >= m for m in config.lr_milestones)
     return factor * config.lr_decay**passed
+
+
+def make_optimizer(model: torch.nn.Module, config: Config) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum and L2 (the CNN papers), or AdamW (the ViT recipe).
+
+    AdamW decays only the weight matrices and kernels: biases, norm weights and
+    the parameters the model lists in ``no_weight_decay()`` (class token,
+    source embeddings) are not decayed.
+    """
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.lr_value(), momentum=config.momentum, nesterov=config.nesterov,
+            weight_decay=2 * config.l2,
+        )
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        (no_decay if param.dim() <= 1 or name in skip else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr_value())
 
 
 def load_data(config: Config) -> data.ImageDataset:
@@ -167,8 +194,12 @@ def training_step(
         images = images.contiguous(memory_format=torch.channels_last)
     images = images.view(m, r, *images.shape[1:])
     labels = dataset.train_labels[index]
-    grid = tuple(dataset.train_images.shape[-2:])
-    plan, weights = methods.sample_plan(config, r, grid, epoch, progress, mix_gen, host_rng, model.num_features)
+    image_size = tuple(dataset.train_images.shape[-2:])
+    # Where the boxes live (the image for the CNNs, the patch grid for the
+    # ViTs) and the box_mix scale (None: M) are the model's to say.
+    grid = model.mixing_grid(image_size) if hasattr(model, "mixing_grid") else image_size
+    plan, weights = methods.sample_plan(config, r, grid, epoch, progress, mix_gen, host_rng, model.num_features,
+                                        scale=getattr(model, "mixing_scale", None))
     # The boxes come from cutmix_boxes, valid by construction: skip the ops'
     # value checks, which would cost a host sync per call on CUDA.
     with mixshare_ops.value_checks(False):
@@ -201,20 +232,21 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
 
     torch.manual_seed(config.seed)
     dataset = load_data(config).to(device)
-    model = build_model(config.model, dataset.num_classes, config.num_subnets, config.encoder_init).to(device)
+    model = model_from_config(config, dataset.num_classes).to(device)
     on_gpu = device.type == "cuda"
     if on_gpu and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = model
-    if config.compile:
-        model.stages = torch.compile(model.stages)  # the heavy part; mixing ops are fused already
+    if config.compile:  # the heavy part; mixing ops are fused already
+        if hasattr(model, "stages"):
+            model.stages = torch.compile(model.stages)
+        else:  # ViT: each block compiled in place (state_dict keys unchanged)
+            for block in [*model.blocks, *model.class_blocks]:
+                block.compile()
     if ddp.enabled:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
 
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr_value(), momentum=config.momentum, nesterov=config.nesterov,
-        weight_decay=2 * config.l2,
-    )
+    optimizer = make_optimizer(model, config)
     num_train = dataset.train_images.shape[0]
     steps = data.steps_per_epoch(num_train, config.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s, steps))
@@ -234,6 +266,10 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
         batch_gen.set_state(state["batch_gen"].cpu())
         mix_gen.set_state(state["mix_gen"].cpu())
         host_rng.setstate(_tuplify(state["host_rng"]))
+        if "torch_rng" in state:  # the global generators: a model's own randomness (the ViTs' stochastic depth)
+            torch.set_rng_state(state["torch_rng"].cpu())
+            if on_gpu and "cuda_rng" in state:
+                torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         history = list(state["history"])
         start_epoch = int(state["epoch"])
 
@@ -292,6 +328,8 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
                     "batch_gen": batch_gen.get_state(),
                     "mix_gen": mix_gen.get_state(),
                     "host_rng": list(_listify(host_rng.getstate())),
+                    "torch_rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state(device)} if on_gpu else {}),
                     "history": history,
                     "epoch": epoch + 1,
                     "config": config.to_dict(),

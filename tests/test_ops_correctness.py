@@ -5,7 +5,7 @@ import torch
 
 import mixshare_ops
 from mixshare_ops import _layout, reference
-from tests.cases import MIX_CASES, UNMIX_CASES, assert_close, backend_params, dtypes_for, make_boxes
+from tests.cases import MIX_CASES, UNMIX_CASES, MixCase, UnmixCase, assert_close, backend_params, dtypes_for, make_boxes
 
 BACKENDS = backend_params()
 
@@ -151,3 +151,37 @@ def test_reference_unmix_is_mixshare_fadeout_rule():
     torch.testing.assert_close(out[0, 0, 0], torch.tensor([[0.5, 0.0], [0.0, 0.0]]))
     pooled = reference.cutmix_unmix_pool(feats * 3, boxes, box_size=(4, 4))
     torch.testing.assert_close(pooled[:, 0, 0], torch.tensor([3.0, 3.0]))  # masked mean of a constant
+
+
+# The C++ CPU kernels go through planes in 256-element chunks when M > 2 or
+# the dtype is float16/bfloat16; the shared cases' planes are smaller than that.
+LARGE_PLANE_MIX_CASES = [
+    MixCase("large_planes_m3", subnets=3, batch=2, channels=2, height=17, width=19),
+    MixCase("large_planes_m3_channels_last", subnets=3, batch=2, channels=2, height=17, width=19, channels_last=True),
+]
+LARGE_PLANE_UNMIX_CASES = [
+    UnmixCase("large_planes", batch=2, channels=2, height=17, width=19, box_size=(34, 38), ratio=0.3),
+    UnmixCase(
+        "large_planes_m3", batch=2, channels=3, height=17, width=19, box_size=(34, 38), subnets=3, ratio=0.3,
+        unmixed_channels=2,
+    ),
+    UnmixCase(
+        "large_planes_m3_channels_last", batch=2, channels=3, height=17, width=19, box_size=(34, 38), subnets=3,
+        unmixed_channels=2, channels_last=True,
+    ),
+]
+CPU_ONLY = pytest.mark.skipif("cpu" not in mixshare_ops.available_backends("cpu"), reason="C++ extension not built")
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("case", LARGE_PLANE_MIX_CASES, ids=lambda c: c.name)
+def test_cpu_box_mix_large_planes(case):
+    test_box_mix("cpu", "cpu", case)
+
+
+@CPU_ONLY
+@pytest.mark.parametrize("case", LARGE_PLANE_UNMIX_CASES, ids=lambda c: c.name)
+def test_cpu_unmix_large_planes(case):
+    test_cutmix_unmix("cpu", "cpu", case)
+    for normalize in ("masked", "mean"):
+        test_cutmix_unmix_pool("cpu", "cpu", case, normalize)

@@ -4,8 +4,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "../box_math.h"
 #include "../op_args.h"
+#include "kernel_utils.h"
 
 namespace mixshare_ops {
 namespace {
@@ -43,12 +47,15 @@ at::Tensor cutmix_mask_cpu(const at::Tensor& boxes, int64_t height, int64_t widt
   AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, dtype, "cutmix_mask_cpu", [&] {
     const int32_t* boxes_p = boxes_c.const_data_ptr<int32_t>();
     scalar_t* out = mask.data_ptr<scalar_t>();
-    at::parallel_for(0, batch * height, 64, [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) {
-        const int64_t b = row / height, y = row % height;
+    const scalar_t one = static_cast<scalar_t>(1);
+    // One task per sample: zeros (all bits 0 in every dtype), then ones over the box.
+    at::parallel_for(0, batch, cpu::grain_for(height * width), [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
         const detail::Box box = detail::load_box(boxes_p, b, height, width);
-        scalar_t* dst = out + row * width;
-        for (int64_t x = 0; x < width; ++x) dst[x] = static_cast<scalar_t>(box.contains(y, x) ? 1 : 0);
+        scalar_t* plane = out + b * height * width;
+        std::memset(static_cast<void*>(plane), 0, sizeof(scalar_t) * height * width);
+        for (int64_t y = box.top; y < box.bottom; ++y)
+          std::fill(plane + y * width + box.left, plane + y * width + box.right, one);
       }
     });
   });
