@@ -144,7 +144,8 @@ void masked_sum(const scalar_t* const* x, const opmath_t* const* mask, int64_t s
     const scalar_t* __restrict x1 = x[1];
     const opmath_t* __restrict m0 = mask[0];
     const opmath_t* __restrict m1 = mask[1];
-    for (int64_t k = 0; k < n; ++k) out[k] = from_opmath<scalar_t>(to_opmath(x0[k]) * m0[k] + to_opmath(x1[k]) * m1[k]);
+    for (int64_t k = 0; k < n; ++k)
+      out[k] = from_opmath<scalar_t>(to_opmath(x0[k]) * m0[k] + to_opmath(x1[k]) * m1[k]);
     return;
   }
   opmath_t acc[kChunk];
@@ -215,9 +216,9 @@ void for_each_opmath_chunk(const scalar_t* x, int64_t n, Fn&& fn) {
 
 // --------------------------------------------------------------- reductions
 //
-// Sums in a fixed order (so results do not depend on the machine): vector
-// lanes accumulate interleaved partial sums, which are then added lane by
-// lane, then the tail.
+// Sums in a fixed order, whatever the instruction set: 32-byte vector lanes
+// accumulate interleaved partial sums, the lanes are added pairwise, then the
+// scalar tail.
 
 #if MIXSHARE_CPU_VECTOR_EXTENSIONS
 // 32-byte vectors: one AVX2 register, two SSE2 registers.
@@ -226,8 +227,8 @@ struct Simd {
   typedef T type __attribute__((vector_size(32)));
   static constexpr int64_t size = 32 / sizeof(T);
 
-  // Vectors go by reference only: passing one by value between the AVX2 and
-  // the baseline copies of a function would not follow one calling convention.
+  // Vectors go by reference only: passing one by value between copies of
+  // a multiversioned function would not follow one calling convention.
   static void load(type& v, const T* p) { std::memcpy(&v, p, sizeof(v)); }
   // Adds the lanes pairwise, halving the vector each step (a short chain of
   // dependent additions).
