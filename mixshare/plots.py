@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 from mixshare.analysis import share_rate
 
@@ -107,6 +108,8 @@ def _set_scale(ax, axis: str, values: np.ndarray) -> None:
         return
     if positive.size == values.size:
         setter("log")
+        # no labels on minor ticks: within less than a decade they overlap
+        (ax.xaxis if axis == "x" else ax.yaxis).set_minor_formatter(NullFormatter())
     else:
         setter("symlog", linthresh=float(positive.min()))
         if values.min() >= 0:  # variances: show no negative half
