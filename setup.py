@@ -41,20 +41,44 @@ def want_cuda() -> bool:
     return buildable and torch.cuda.is_available()
 
 
+def openmp_flags() -> list[str]:
+    """-fopenmp where torch itself uses OpenMP (Linux builds of torch do).
+
+    ATen's at::parallel_for is a header template: compiled without OpenMP it
+    runs its loop on one thread. With -fopenmp the kernels share torch's
+    OpenMP runtime and its thread count (torch.set_num_threads).
+    MIXSHARE_OPS_OPENMP=0 turns it off.
+    """
+    if os.environ.get("MIXSHARE_OPS_OPENMP", "1").lower() in ("0", "false", "no"):
+        return []
+    if not sys.platform.startswith("linux") or not torch.backends.openmp.is_available():
+        return []
+    return ["-fopenmp"]
+
+
 def extensions():
     rel = lambda pattern: sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))  # noqa: E731
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     # The C++ standard and Py_LIMITED_API come from torch's BuildExtension.
     cxx_flags = ["-O0", "-g"] if os.environ.get("MIXSHARE_OPS_DEBUG") == "1" else ["-O3"]
+    omp = openmp_flags()
+    cxx_flags += omp
     if want_cuda():
         ext = CUDAExtension(
             "mixshare_ops._C",
             sources + rel("csrc/cuda/*.cu"),
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_link_args=omp,
             py_limited_api=True,
         )
     else:
-        ext = CppExtension("mixshare_ops._C", sources, extra_compile_args={"cxx": cxx_flags}, py_limited_api=True)
+        ext = CppExtension(
+            "mixshare_ops._C",
+            sources,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=omp,
+            py_limited_api=True,
+        )
     return [ext]
 
 

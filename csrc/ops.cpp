@@ -5,6 +5,7 @@
 // formulas are registered from Python (mixshare_ops/_registration.py).
 #include <torch/library.h>
 
+#include "cpu/parallel_info.h"
 #include "op_args.h"
 
 TORCH_LIBRARY(mixshare_ops, m) {
@@ -29,4 +30,6 @@ TORCH_LIBRARY(mixshare_ops, m) {
       "SymInt width, bool channels_last) -> Tensor");
   // Not a tensor op: switches the host-side value checks of CUDA inputs.
   m.def("_set_value_checks(bool enabled) -> bool", &mixshare_ops::set_value_checks);
+  // Not a tensor op: how many threads the CPU kernels' at::parallel_for uses.
+  m.def("_cpu_parallel_for_threads(int work_items) -> int", &mixshare_ops::cpu::parallel_for_threads);
 }

@@ -35,6 +35,7 @@ def backend_info() -> dict:
         "extension_error": _extension.load_error(),
         "cpu_kernels": _extension.has_cpu_kernels(),
         "cuda_kernels": _extension.has_cuda_kernels(),
+        "cpu_kernel_threads": _extension.cpu_kernel_threads(),
         "available_backends": available_backends(),
     }
 

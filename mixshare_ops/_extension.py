@@ -40,3 +40,13 @@ def has_cpu_kernels() -> bool:
 
 def has_cuda_kernels() -> bool:
     return _HAS_CUDA_KERNELS
+
+
+def cpu_kernel_threads() -> int | None:
+    """Threads the CPU kernels' parallel loops use now (None without the library).
+
+    1 on a multi-core machine means the library was built without OpenMP.
+    """
+    if not _HAS_CPU_KERNELS:
+        return None
+    return int(torch.ops.mixshare_ops._cpu_parallel_for_threads(1 << 16))

@@ -13,6 +13,8 @@ import pytest
 import torch
 import torch.utils.cpp_extension
 
+import mixshare_ops
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CUDA_SOURCES = sorted((ROOT / "csrc" / "cuda").glob("*.cu"))
 
@@ -44,6 +46,7 @@ def test_cmake_library_loads_and_matches_reference(tmp_path):
         x = torch.randn(2, 5, 3, 8, 8)
         w_in, w_out = torch.rand(5, 2), torch.rand(5, 2)
         torch.testing.assert_close(ops.box_mix(x, boxes, w_in, w_out, 2.0), ref.box_mix(x, boxes, w_in, w_out, 2.0))
+        assert ops._cpu_parallel_for_threads(1 << 16) == torch.get_num_threads(), "built without OpenMP?"
         f = torch.randn(5, 4, 4, 4)
         torch.testing.assert_close(
             ops.cutmix_unmix_pool(f, boxes, None, None, 8, 8, 0.5, 4, "masked"),
@@ -53,6 +56,41 @@ def test_cmake_library_loads_and_matches_reference(tmp_path):
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-4000:]
+
+
+needs_parallel_torch = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and torch.backends.openmp.is_available() and torch.get_num_threads() > 1),
+    reason="needs a Linux torch with OpenMP and more than one thread",
+)
+
+
+@needs_parallel_torch
+@pytest.mark.skipif(not mixshare_ops.backend_info()["cpu_kernels"], reason="C++ extension not built")
+def test_cpu_kernels_use_torch_threads():
+    """The extension is built with OpenMP: its parallel loops use torch's threads, not one."""
+    threads = torch.get_num_threads()
+    assert mixshare_ops.backend_info()["cpu_kernel_threads"] == threads
+    torch.set_num_threads(1)
+    try:
+        assert torch.ops.mixshare_ops._cpu_parallel_for_threads(1 << 16) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_parallel_torch
+@pytest.mark.skipif(not mixshare_ops.backend_info()["cpu_kernels"], reason="C++ extension not built")
+def test_one_openmp_runtime_is_loaded():
+    """Linking -fopenmp must not load a second OpenMP runtime beside torch's."""
+    maps = pathlib.Path("/proc/self/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if any(n in line for n in ("libgomp", "libiomp", "libomp"))}
+    assert len(runtimes) == 1, runtimes
+
+
+def test_cpu_parallel_for_threads_rejects_bad_count():
+    if not mixshare_ops.backend_info()["cpu_kernels"]:
+        pytest.skip("C++ extension not built")
+    with pytest.raises(RuntimeError, match="work_items must be positive"):
+        torch.ops.mixshare_ops._cpu_parallel_for_threads(0)
 
 
 def _nvcc_compile(source: pathlib.Path, out_dir: pathlib.Path) -> subprocess.CompletedProcess:
