@@ -1,7 +1,10 @@
-"""Fake (meta) kernels and autograd formulas of the mixshare operators.
+"""Fake (meta) kernels of the mixshare operators, and the Triton ops' autograd.
 
-Both operator families share them: the compiled ones (``mixshare_ops::<op>``,
-defined in csrc/ops.cpp) and the Triton ones (``mixshare_ops::triton_<op>``).
+Both operator families share the fakes: the compiled ones
+(``mixshare_ops::<op>``, defined in csrc/ops.cpp) and the Triton ones
+(``mixshare_ops::triton_<op>``). The compiled ops have their autograd
+formulas in C++ (csrc/autograd.cpp, no Python per call); the Triton ops get
+the same formulas here.
 
 Every backward saves only the boxes, the [B, M] weights and scalars. Each
 forward/backward pair is adjoint (box_mix_backward is the transpose of the
@@ -172,4 +175,4 @@ def register_all() -> None:
     for prefix in prefixes:
         for name, fake in FAKES.items():
             torch.library.register_fake(f"mixshare_ops::{prefix}{name}", fake)
-        _register_autograd(prefix)
+    _register_autograd("triton_")

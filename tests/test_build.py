@@ -46,6 +46,12 @@ def test_cmake_library_loads_and_matches_reference(tmp_path):
         x = torch.randn(2, 5, 3, 8, 8)
         w_in, w_out = torch.rand(5, 2), torch.rand(5, 2)
         torch.testing.assert_close(ops.box_mix(x, boxes, w_in, w_out, 2.0), ref.box_mix(x, boxes, w_in, w_out, 2.0))
+        # The autograd formulas are in the library too (csrc/autograd.cpp).
+        x_ops, x_ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+        g = torch.randn(5, 3, 8, 8)
+        ops.box_mix(x_ops, boxes, w_in, w_out, 2.0).backward(g)
+        ref.box_mix(x_ref, boxes, w_in, w_out, 2.0).backward(g)
+        torch.testing.assert_close(x_ops.grad, x_ref.grad)
         assert ops._cpu_parallel_for_threads(1 << 16) == torch.get_num_threads(), "built without OpenMP?"
         f = torch.randn(5, 4, 4, 4)
         torch.testing.assert_close(
