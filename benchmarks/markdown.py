@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from benchmarks import cases
 
 FUSED = ("cuda", "triton", "cpu")
@@ -87,6 +89,32 @@ def memory_table(rows: list[dict], providers: list[str]) -> str:
     return _table(header, lines)
 
 
+# 1,000 faults is 4 MB of fresh pages: far above what a kernel's own
+# bookkeeping causes, so the time also holds the cost of getting memory from the OS.
+FAULTS_SHOWN = 1000
+
+
+def page_fault_table(rows: list[dict], providers: list[str]) -> Optional[str]:
+    """Cases where some provider takes >= FAULTS_SHOWN host page faults per call (CPU)."""
+    keys = list(dict.fromkeys(
+        (r["op"], r["mode"], r["dims"], r["dtype"]) for r in rows if (r.get("page_faults") or 0) >= FAULTS_SHOWN
+    ))
+    if not keys:
+        return None
+    lines = []
+    for key in keys:
+        by = {r["provider"]: r for r in rows if (r["op"], r["mode"], r["dims"], r["dtype"]) == key}
+        cells = []
+        for p in providers:
+            r = by.get(p)
+            if r is None or "median_ms" not in r or r.get("page_faults") is None:
+                cells.append("—")
+            else:
+                cells.append(f"{r['page_faults']:.0f} ({_time(r['median_ms'])})")
+        lines.append([key[0], key[1], key[2], key[3]] + cells)
+    return _table(["op", "mode", "shape", "dtype"] + [f"{p} faults (time)" for p in providers], lines)
+
+
 def train_table(rows: list[dict]) -> str:
     lines = []
     for r in rows:
@@ -131,6 +159,19 @@ def report(results: dict, images: list[str]) -> str:
     ]
     out += [part + "\n" for part in op_tables(results["ops"], providers)]
     out += ["## Memory: bytes saved for backward, peak of forward + backward", "", memory_table(results["ops"], providers), ""]
+    faults = page_fault_table(results["ops"], providers)
+    if faults:
+        out += [
+            "## Host page faults per call",
+            "",
+            f"Cases where a provider takes {FAULTS_SHOWN} or more minor page faults per call: an output above glibc's "
+            "mmap threshold (at most 32 MiB) is fresh memory on every call, each 4 KiB page faulted in and zeroed by "
+            "the kernel, and freed memory is reused or not depending on the allocator's state. Those times measure "
+            "the operating system as much as the op.",
+            "",
+            faults,
+            "",
+        ]
     if results.get("train"):
         out += ["## Training step", "", train_table(results["train"]), ""]
     if results.get("sync_check"):

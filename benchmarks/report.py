@@ -86,6 +86,7 @@ def run_ops(device, shapes, dtypes, providers, ops, *, repeat, sample_s, log=pri
                         median_ms=1e3 * t.median, q25_ms=1e3 * t.q25, q75_ms=1e3 * t.q75, spread=t.spread,
                         gbps=case.bytes(mode) / t.median / 1e9, saved_bytes=saved,
                         peak_mem_mb=_mb(timing.peak_memory(fn, device)),
+                        page_faults=timing.page_faults_per_call(fn, device),
                     )
                 except Exception as error:  # reported in the table, never hidden
                     row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"

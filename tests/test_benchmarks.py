@@ -101,6 +101,16 @@ def test_targets_training_step():
     assert next(t for n, t in by_name.items() if "MIMO overhead" in n)["status"] == "missed"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mmap threshold")
+def test_page_faults_per_call_sees_fresh_memory():
+    """48 MiB is above glibc's largest mmap threshold: every call faults its pages in afresh."""
+    pages = 48 * 2**20 // 4096
+    fresh = timing.page_faults_per_call(lambda: torch.empty(12 * 2**20).fill_(1.0), torch.device("cpu"))
+    assert fresh > pages / 2
+    assert timing.page_faults_per_call(lambda: None, torch.device("cpu")) < 100
+    assert timing.page_faults_per_call(lambda: None, torch.device("cuda")) is None
+
+
 @pytest.mark.slow
 def test_report_smoke(tmp_path):
     """The README's benchmark command at tiny shapes: every file written, every case measured."""
@@ -117,6 +127,7 @@ def test_report_smoke(tmp_path):
         assert "error" not in r, r
         assert r["median_ms"] > 0 and r["q25_ms"] <= r["median_ms"] <= r["q75_ms"]
         assert r["gbps"] == pytest.approx(r["bytes"] / (r["median_ms"] / 1e3) / 1e9)
+        assert r["page_faults"] is not None and r["page_faults"] >= 0
     variants = {r["variant"] for r in results["train"]}
     assert variants == {"single", "mixshare/cpu", "mixshare/reference", "mixmo-dataloader"}
     assert all(r["images_per_s"] > 0 for r in results["train"])
