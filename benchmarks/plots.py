@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from benchmarks import cases  # noqa: E402
 
@@ -34,6 +35,10 @@ def _op_figure(rows, op, mode, dtypes, copy_gbps, path):
         ax.axhline(copy_gbps, color="black", linestyle="--", linewidth=1, label="copy bandwidth")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        for axis in (ax.xaxis, ax.yaxis):  # plain numbers at 1, 2, 5 x 10^k: ranges are often under a decade
+            axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+            axis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("bytes moved per call (MiB)")
         ax.set_ylabel("GB/s")
         ax.set_title(f"{op} {mode}, {dtype}")
