@@ -176,3 +176,7 @@ def register_all() -> None:
         for name, fake in FAKES.items():
             torch.library.register_fake(f"mixshare_ops::{prefix}{name}", fake)
     _register_autograd("triton_")
+    # A library built before csrc/autograd.cpp existed has no C++ formulas:
+    # give it the Python ones rather than ops that silently don't differentiate.
+    if _extension.loaded() and not _extension.has_kernel("box_mix", "Autograd"):
+        _register_autograd("")
