@@ -111,7 +111,7 @@ def page_fault_table(rows: list[dict], providers: list[str]) -> Optional[str]:
                 cells.append("—")
             else:
                 cells.append(f"{r['page_faults']:.0f} ({_time(r['median_ms'])})")
-        lines.append([key[0], key[1], key[2], key[3]] + cells)
+        lines.append(list(key) + cells)
     return _table(["op", "mode", "shape", "dtype"] + [f"{p} faults (time)" for p in providers], lines)
 
 

@@ -1,8 +1,9 @@
 // Operator schemas of the mixshare_ops library.
 //
 // Kernels are registered per backend next to their implementation
-// (csrc/cpu/*.cpp, csrc/cuda/*.cu); fake (meta) kernels and autograd
-// formulas are registered from Python (mixshare_ops/_registration.py).
+// (csrc/cpu/*.cpp, csrc/cuda/*.cu), the autograd formulas in
+// csrc/autograd.cpp; fake (meta) kernels are registered from Python
+// (mixshare_ops/_registration.py).
 #include <torch/library.h>
 
 #include "cpu/parallel_info.h"
