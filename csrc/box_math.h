@@ -65,13 +65,19 @@ MIXSHARE_HOST_DEVICE int64_t uniform_to_index(T u, int64_t size) {
 
 // The MixMo/CutMix reference rule: cut = int(size * sqrt(lam)), centre
 // c = floor(u * size), [clip(c - cut // 2), clip(c + cut // 2)).
+// The cut size is computed in double whatever T is, as the official MixMo code
+// does in numpy float64: lam (exact in double) clamped into [0, 1] (NaN -> 0),
+// then trunc(double(size) * sqrt(lam)). Both operations are correctly rounded
+// (host and device), so the cut equals Python's int(size * math.sqrt(lam)).
+// The centre is computed in T.
 template <typename T>
 MIXSHARE_HOST_DEVICE Box cutmix_box(T lam, T center_row, T center_col, int64_t height, int64_t width) {
-  if (!(lam >= T(0))) lam = T(0);
-  if (lam > T(1)) lam = T(1);
-  const T cut_frac = sqrt(lam);
-  const int64_t cut_h = static_cast<int64_t>(static_cast<T>(height) * cut_frac);
-  const int64_t cut_w = static_cast<int64_t>(static_cast<T>(width) * cut_frac);
+  double lam_d = static_cast<double>(lam);
+  if (!(lam_d >= 0.0)) lam_d = 0.0;
+  if (lam_d > 1.0) lam_d = 1.0;
+  const double cut_frac = sqrt(lam_d);
+  const int64_t cut_h = static_cast<int64_t>(static_cast<double>(height) * cut_frac);
+  const int64_t cut_w = static_cast<int64_t>(static_cast<double>(width) * cut_frac);
   const int64_t cy = uniform_to_index(center_row, height);
   const int64_t cx = uniform_to_index(center_col, width);
   Box box;

@@ -44,11 +44,19 @@ def cutmix_boxes(lam: torch.Tensor, center: torch.Tensor, height: int, width: in
     lam: [B] target box ratios in [0, 1]; center: [B, 2] uniforms in [0, 1)
     (row, column). Returns ``boxes`` int32 [B, 4] and ``area`` [B] (dtype of
     ``lam``): the realised box area divided by ``height * width``.
+
+    The cut size is computed in float64 whatever the dtypes, as the official
+    MixMo code does with numpy: lam, converted exactly to float64 and clamped
+    into [0, 1] (NaN -> 0), gives ``cut = trunc(size * sqrt(lam))``, equal to
+    Python's ``int(size * math.sqrt(lam))`` for every lam. The centre
+    ``c = floor(u * size)`` and the area are computed in the opmath dtype of
+    ``lam`` and ``center`` (float64 if either is float64, else float32); the
+    box is ``[clip(c - cut // 2), clip(c + cut // 2))``.
     """
     compute = torch.promote_types(opmath_dtype(lam.dtype), opmath_dtype(center.dtype))
-    lam_c = lam.to(compute)
+    lam64 = lam.to(torch.float64).nan_to_num(nan=0.0).clamp(0.0, 1.0)
     center_c = center.to(compute)
-    cut_frac = torch.sqrt(lam_c)
+    cut_frac = torch.sqrt(lam64)
     cut_h = torch.trunc(height * cut_frac).to(torch.int64)
     cut_w = torch.trunc(width * cut_frac).to(torch.int64)
     cy = torch.floor(center_c[:, 0] * height).to(torch.int64)

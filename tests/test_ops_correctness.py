@@ -1,5 +1,7 @@
 """Every backend against the reference: forward and backward, each dtype."""
 
+import math
+
 import pytest
 import torch
 
@@ -35,6 +37,62 @@ def test_cutmix_boxes_bitwise(backend, device):
             assert boxes.dtype == torch.int32 and area.dtype == dtype
             torch.testing.assert_close(boxes.cpu(), ref_boxes, rtol=0, atol=0)
             torch.testing.assert_close(area.cpu(), ref_area, rtol=0, atol=0)
+
+
+# Square and non-square grids whose cut boundaries lam = (k / size)^2 the next
+# test probes.
+BOUNDARY_GRIDS = [(s, s) for s in (1, 2, 3, 7, 8, 13, 16, 31, 32, 33, 64, 100)] + [(7, 13), (32, 5), (1, 33), (100, 64)]
+
+
+def _boundary_lams(sizes, dtype):
+    """Every lam = (k / size)^2, k = 0..size, computed in float64 and rounded
+    to ``dtype``, with its two neighbours in ``dtype``, clamped into [0, 1]."""
+    exact = torch.tensor(sorted({(k / size) ** 2 for size in sizes for k in range(size + 1)}), dtype=torch.float64)
+    lam = exact.to(dtype)
+    lam = torch.cat([lam, torch.nextafter(lam, lam.new_tensor(-1.0)), torch.nextafter(lam, lam.new_tensor(2.0))])
+    return lam.clamp(0, 1).unique()
+
+
+def _official_boxes(lam, height, width):
+    """[top, left, bottom, right] rows for centre (0.5, 0.5) by the official
+    MixMo rule in Python float64: cut = int(size * sqrt(lam))."""
+    def clip(v, size):
+        return min(max(v, 0), size)
+
+    rows = []
+    cy, cx = math.floor(0.5 * height), math.floor(0.5 * width)
+    for value in lam.tolist():  # exact: every float16 / bfloat16 / float32 is a float64
+        cut_h = int(height * math.sqrt(value))
+        cut_w = int(width * math.sqrt(value))
+        rows.append([clip(cy - cut_h // 2, height), clip(cx - cut_w // 2, width),
+                     clip(cy + cut_h // 2, height), clip(cx + cut_w // 2, width)])
+    return torch.tensor(rows, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param("reference", "cpu", id="reference-cpu"), *BACKENDS])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+def test_cutmix_boxes_cut_size_is_float64_rule(backend, device, dtype):
+    """The cut size is int(size * sqrt(lam)) in float64 (the official MixMo
+    code's numpy rule) for every lam of the input dtype, in particular at the
+    boundaries lam = (k / size)^2 where float32 arithmetic can round across an
+    integer; centre 0.5 keeps every box unclipped."""
+    for height, width in BOUNDARY_GRIDS:
+        lam = _boundary_lams({height, width}, dtype)
+        expected = _official_boxes(lam, height, width)
+        # Exact float64 check of the expectation itself: an unclipped box spans 2 * (cut // 2).
+        cut_h = torch.tensor([int(height * math.sqrt(v)) for v in lam.tolist()])
+        assert torch.equal((expected[:, 2] - expected[:, 0]).long(), 2 * (cut_h // 2))
+        center_dtypes = (dtype, torch.float64) if dtype != torch.float64 else (dtype,)  # float64 centre: float64 opmath
+        for center_dtype in center_dtypes:
+            center = torch.full((lam.numel(), 2), 0.5, dtype=center_dtype)
+            boxes, area = mixshare_ops.cutmix_boxes(lam.to(device), center.to(device), height, width, backend=backend)
+            assert boxes.dtype == torch.int32 and area.dtype == dtype
+            wrong = (boxes.cpu() != expected).any(dim=1)
+            assert not wrong.any(), (
+                f"{int(wrong.sum())} of {lam.numel()} boxes differ from the float64 rule on {height}x{width} "
+                f"(center {center_dtype}), e.g. lam={lam[wrong][:4].tolist()}: "
+                f"got {boxes.cpu()[wrong][:4].tolist()}, expected {expected[wrong][:4].tolist()}"
+            )
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -39,8 +39,9 @@ def test_cutmix_boxes_area_is_mask_mean(lams, height, width, data):
     assert torch.equal(boxes, ref_boxes)
     mask = mixshare_ops.cutmix_mask(boxes, height, width, backend="cpu")
     torch.testing.assert_close(mask.mean(dim=(1, 2, 3)), area)
-    # The box never exceeds the target ratio's side lengths.
-    assert ((boxes[:, 2] - boxes[:, 0]) <= (height * lam.sqrt()).floor()).all()
+    # The box never exceeds the target ratio's side lengths (cut sizes are float64).
+    assert ((boxes[:, 2] - boxes[:, 0]) <= (height * lam.double().sqrt()).floor()).all()
+    assert ((boxes[:, 3] - boxes[:, 1]) <= (width * lam.double().sqrt()).floor()).all()
 
 
 @SETTINGS

@@ -31,9 +31,10 @@ channels last).
   so recomputing the window math would make it compute bound.
 
 Numerics: arithmetic runs in ``OPMATH`` (float32, or float64 for float64
-data), rounded once to the output dtype. Divisions and the CutMix square root
-are correctly rounded (``div_rn`` / ``sqrt_rn`` in float32; float64 division
-and square root are always correctly rounded). Float scalars (``scale``,
+data), rounded once to the output dtype, except the CutMix cut size, which is
+computed in float64 for every dtype (the official code's numpy rule).
+Divisions are correctly rounded (``div_rn`` in float32; float64 division and
+square root are always correctly rounded). Float scalars (``scale``,
 ``ratio``) arrive as float32 kernel arguments, i.e. rounded to float32 once,
 as the C++ kernels do in float32 opmath; for float64 opmath the launcher
 passes them as 1-element float64 tensors instead.
@@ -316,16 +317,17 @@ def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, wid
     lam = tl.load(lam_ptr + n64, mask=valid, other=0.0)
     u_row = tl.load(center_ptr + 2 * n64, mask=valid, other=0.0)
     u_col = tl.load(center_ptr + 2 * n64 + 1, mask=valid, other=0.0)
-    lam = tl.where(lam >= 0, lam, 0.0)  # NaN -> 0
-    lam = tl.where(lam > 1, 1.0, lam)
-    if OPMATH == tl.float64:
-        cut_frac = tl.sqrt(lam)  # float64 sqrt is correctly rounded
-    else:
-        cut_frac = tl.sqrt_rn(lam)
+    # The cut size in float64 whatever OPMATH is (the official code's numpy
+    # rule): lam (exact in float64) clamped into [0, 1], NaN -> 0, then
+    # trunc(size * sqrt(lam)); float64 sqrt and product are correctly rounded.
+    lam64 = lam.to(tl.float64)
+    lam64 = tl.where(lam64 >= 0, lam64, 0.0)  # NaN -> 0
+    lam64 = tl.where(lam64 > 1, 1.0, lam64)
+    cut_frac = tl.sqrt(lam64)
+    cut_h = (tl.cast(height, tl.float64) * cut_frac).to(tl.int32)  # truncation
+    cut_w = (tl.cast(width, tl.float64) * cut_frac).to(tl.int32)
     h = tl.cast(height, OPMATH)
     w = tl.cast(width, OPMATH)
-    cut_h = (h * cut_frac).to(tl.int32)  # truncation
-    cut_w = (w * cut_frac).to(tl.int32)
     # uniform_to_index: floor(u * size) clamped into [0, size - 1], NaN -> 0
     v_row = u_row * h
     v_row = tl.where(v_row >= 0, v_row, 0.0)
