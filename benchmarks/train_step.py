@@ -80,7 +80,7 @@ def _config(setting: StepSetting, method: str, device: torch.device) -> Config:
     config = apply(Config(), preset(method), f"preset {method}")
     return apply(
         config,
-        {"model": setting.model, "batch_size": setting.rows // b, "batch_repetition": b, "epochs": 300,
+        {"model": setting.model, "batch_size": setting.rows, "batch_repetition": b, "epochs": 300,
          "device": device.type},
         "the benchmark",
     )
@@ -128,7 +128,7 @@ class FusedStep:
     def __call__(self) -> None:
         # Epoch 50 of 300: inside MixShare's fadeout, cut probability 1.
         training_step(
-            self.model, self.dataset, self._next_index(), self.config, 50.0, 50 / 300,
+            self.model, self.dataset, self._next_index(), self.config, 50.0,
             self.mix_gen, self.host_rng, self.optimizer, self.on_gpu,
         )
 

@@ -8,8 +8,9 @@ workers, no host round trip. Loaders:
 * ``load_cifar``: the python-pickle releases of CIFAR-10/100, read with a restricted unpickler;
 * ``synthetic_dataset``: learnable random images of CIFAR shape for benchmarks and smoke runs.
 
-``mimo_batches`` yields MIMO index matrices with batch repetition and input repetition as in the
-MIMO/MixMo papers; ``augment`` is the usual pad-4 random crop plus optional horizontal flip.
+``mimo_batches`` yields MIMO index matrices with batch repetition and input repetition as the
+official MixMo sampler forms them (``batch_size`` counts rows, repetitions included); ``augment`` is
+the usual random crop of the image padded by 4 black pixels plus optional horizontal flip.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "ImageDataset",
     "SafeUnpickler",
     "augment",
+    "images_per_step",
     "load_cifar",
     "load_dataset",
     "load_digits",
@@ -98,6 +100,11 @@ class ImageDataset:
     @property
     def num_test(self) -> int:
         return self.test_images.shape[0]
+
+    @property
+    def pad_value(self) -> tuple[float, ...]:
+        """Black (pixel value 0) after normalisation, per channel: ``-mean / std``."""
+        return tuple(-m / s for m, s in zip(self.mean, self.std))
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -356,18 +363,10 @@ def _read_cifar_split(folder: Path, names: Sequence[str], spec: dict) -> tuple[t
     return torch.from_numpy(data).view(-1, 3, 32, 32), torch.from_numpy(labels)
 
 
-def _uint8_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean/std (in the [0, 1] scale) of uint8 ``[N, C, H, W]``, from histograms."""
-    values = torch.arange(256, dtype=torch.float64)
-    means, stds = [], []
-    for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
-        total = counts.sum()
-        mean = (counts * values).sum() / total
-        var = (counts * (values - mean) ** 2).sum() / total
-        means.append(mean.item() / 255.0)
-        stds.append(max(math.sqrt(var.item()) / 255.0, 1e-12))
-    return tuple(means), tuple(stds)
+# The official MixMo code normalises CIFAR-10 and CIFAR-100 alike with these constants (in the [0, 1]
+# pixel scale); the std is not the dataset's (about 0.25), so inputs have a standard deviation near 1.2.
+CIFAR_MEAN = (0.4913725490196078, 0.4823529411764706, 0.4466666666666667)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
 
 def _to_normalised(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -381,8 +380,8 @@ def load_cifar(data_dir: PathLike, name: str = "cifar10") -> ImageDataset:
 
     ``data_dir`` holds ``cifar-10-batches-py/`` (``data_batch_1..5``, ``test_batch``) or
     ``cifar-100-python/`` (``train``, ``test``; fine labels), or is that folder. Files are read with
-    ``SafeUnpickler``; a missing or malformed file raises ``DatasetError``. Normalised with the train
-    split's per-channel statistics; ``hflip`` is True.
+    ``SafeUnpickler``; a missing or malformed file raises ``DatasetError``. Normalised with the
+    official MixMo code's ``CIFAR_MEAN`` / ``CIFAR_STD``; ``hflip`` is True.
     """
     if name not in _CIFAR:
         raise ValueError(f"unknown CIFAR dataset {name!r}; expected one of {', '.join(_CIFAR)}")
@@ -392,7 +391,7 @@ def load_cifar(data_dir: PathLike, name: str = "cifar10") -> ImageDataset:
     test_raw, test_labels = _read_cifar_split(folder, spec["test"], spec)
     if train_raw.shape[0] == 0:
         raise DatasetError(f"{spec['title']}: {str(folder)!r} holds no training images")
-    mean, std = _uint8_stats(train_raw)
+    mean, std = CIFAR_MEAN, CIFAR_STD
     return ImageDataset(
         train_images=_to_normalised(train_raw, mean, std),
         train_labels=train_labels,
@@ -473,14 +472,32 @@ def synthetic_dataset(
 # --------------------------------------------------------------------------- MIMO batches
 
 
-def steps_per_epoch(num_samples: int, batch_size: int) -> int:
-    """``num_samples // batch_size`` (last partial step dropped), but 1 when ``0 < num_samples < batch_size``."""
-    num_samples, batch_size = operator.index(num_samples), operator.index(batch_size)
-    if num_samples < 0 or batch_size < 1:
-        raise ValueError(f"need num_samples >= 0 and batch_size >= 1, got {num_samples}, {batch_size}")
+def images_per_step(batch_size: int, batch_repetition: int = 1) -> int:
+    """Distinct images in a step of ``batch_size`` rows, each repeated ``batch_repetition`` times.
+
+    ``ceil(batch_size / batch_repetition)``: a step holds that many images times ``batch_repetition``
+    rows, ``batch_size`` rounded up to a multiple of ``batch_repetition`` (as the official MixMo
+    sampler, which adds b copies of an image until the batch has at least ``batch_size`` rows).
+    """
+    batch_size, batch_repetition = operator.index(batch_size), operator.index(batch_repetition)
+    if batch_size < 1 or batch_repetition < 1:
+        raise ValueError(f"need batch_size >= 1 and batch_repetition >= 1, got {batch_size}, {batch_repetition}")
+    return -(-batch_size // batch_repetition)
+
+
+def steps_per_epoch(num_samples: int, batch_size: int, batch_repetition: int = 1) -> int:
+    """Steps in one pass over ``num_samples`` images at ``batch_size`` rows per step, repetitions included.
+
+    ``num_samples // images_per_step(batch_size, batch_repetition)`` (the last partial step is dropped),
+    but 1 when ``0 < num_samples`` is below one step's images. CIFAR (50,000) at 64 rows and b = 2: 1,562.
+    """
+    num_samples = operator.index(num_samples)
+    if num_samples < 0:
+        raise ValueError(f"need num_samples >= 0, got {num_samples}")
+    images = images_per_step(batch_size, batch_repetition)
     if num_samples == 0:
         return 0
-    return max(1, num_samples // batch_size)
+    return max(1, num_samples // images)
 
 
 def _resolve_device(generator: Optional[torch.Generator], device: Optional[DeviceLike]) -> torch.device:
@@ -501,36 +518,38 @@ def mimo_epoch_indices(
     generator: Optional[torch.Generator] = None,
     device: Optional[DeviceLike] = None,
 ) -> torch.Tensor:
-    """One epoch of MIMO indices, int64 ``[S, M, R]``: S steps, M members, ``R = B * batch_repetition`` rows.
+    """One epoch of MIMO indices, int64 ``[S, M, R]``: S steps, M members, R rows per step.
 
-    ``S = steps_per_epoch(num_samples, batch_size)``; ``B = batch_size``, or ``num_samples`` when that is
-    smaller. Each step takes B distinct samples of one random permutation (steps never share a sample),
-    repeats each ``batch_repetition`` times and shuffles the R rows. Every member gets its own permutation
-    of those rows, except the first ``int(R * input_repetition)`` positions, identical across members.
-    All draws use ``generator`` on ``device``; nothing syncs with the host.
+    ``batch_size`` counts rows, repetitions included, as in the official MixMo code: a step takes
+    ``D = images_per_step(batch_size, batch_repetition)`` distinct images of one random permutation
+    (``D = num_samples`` when that is smaller; steps never share an image) and repeats each
+    ``batch_repetition`` times side by side, ``R = D * batch_repetition`` rows (``batch_size`` when b
+    divides it). The first ``int(R * input_repetition)`` of those rows, in that order, are shared by
+    every member; each member gets its own random permutation of the remaining rows.
+    ``S = steps_per_epoch(num_samples, batch_size, batch_repetition)``. All draws use ``generator`` on
+    ``device``; nothing syncs with the host.
     """
-    num_samples, batch_size = operator.index(num_samples), operator.index(batch_size)
+    num_samples = operator.index(num_samples)
     num_subnets, batch_repetition = operator.index(num_subnets), operator.index(batch_repetition)
     if num_subnets < 1 or batch_repetition < 1:
         raise ValueError(f"need num_subnets >= 1 and batch_repetition >= 1, got {num_subnets}, {batch_repetition}")
     input_repetition = float(input_repetition)
     if not 0.0 <= input_repetition <= 1.0:
         raise ValueError(f"input_repetition must lie in [0, 1], got {input_repetition}")
-    steps = steps_per_epoch(num_samples, batch_size)
+    steps = steps_per_epoch(num_samples, batch_size, batch_repetition)
     device = _resolve_device(generator, device)
-    width = min(batch_size, num_samples) if num_samples else batch_size
+    images = images_per_step(batch_size, batch_repetition)
+    width = min(images, num_samples) if num_samples else images
     rows = width * batch_repetition
     if steps == 0:
         return torch.empty(0, num_subnets, rows, dtype=torch.long, device=device)
     shared = int(rows * input_repetition)
 
     perm = torch.randperm(num_samples, generator=generator, device=device)[: steps * width].view(steps, width)
-    tiled = perm.repeat_interleave(batch_repetition, dim=1)  # [S, R]
-    keys = torch.rand(steps, rows, generator=generator, device=device, dtype=torch.float64)
-    base = tiled.gather(1, keys.argsort(dim=1, stable=True))  # [S, R], shuffled rows
+    tiled = perm.repeat_interleave(batch_repetition, dim=1)  # [S, R]: each image b times side by side
     keys = torch.rand(steps, num_subnets, rows - shared, generator=generator, device=device, dtype=torch.float64)
-    own = base[:, None, shared:].expand(-1, num_subnets, -1).gather(2, keys.argsort(dim=2, stable=True))
-    prefix = base[:, None, :shared].expand(-1, num_subnets, -1)
+    own = tiled[:, None, shared:].expand(-1, num_subnets, -1).gather(2, keys.argsort(dim=2, stable=True))
+    prefix = tiled[:, None, :shared].expand(-1, num_subnets, -1)
     return torch.cat([prefix, own], dim=2)
 
 
@@ -543,10 +562,10 @@ def mimo_batches(
     generator: Optional[torch.Generator] = None,
     device: Optional[DeviceLike] = None,
 ) -> Iterator[torch.Tensor]:
-    """Iterate over one epoch's MIMO index matrices, int64 ``[M, batch_size * batch_repetition]`` each.
+    """Iterate over one epoch's MIMO index matrices, int64 ``[M, R]`` each (R rows, see ``mimo_epoch_indices``).
 
-    Row ``r`` of member ``i`` is the sample that subnetwork ``i`` sees at batch position ``r``; see
-    ``mimo_epoch_indices`` for the rules. The whole epoch is drawn on the call, on the device.
+    Row ``r`` of member ``i`` is the sample that subnetwork ``i`` sees at batch position ``r``. The
+    whole epoch is drawn on the call, on the device.
     """
     epoch = mimo_epoch_indices(
         num_samples, batch_size, num_subnets, batch_repetition, input_repetition, generator, device
@@ -562,12 +581,15 @@ def augment(
     hflip: bool,
     generator: Optional[torch.Generator] = None,
     padding: int = 4,
+    fill: Union[float, Sequence[float], torch.Tensor] = 0.0,
 ) -> torch.Tensor:
-    """Per-sample random crop with zero padding and, if ``hflip``, random horizontal flip (p = 0.5).
+    """Per-sample random crop of the ``padding``-padded image and, if ``hflip``, random horizontal flip (p = 0.5).
 
     ``images``: ``[N, C, H, W]`` -> a new ``[N, C, H, W]`` tensor of the same dtype and device. Each
-    sample is the ``H x W`` window at a random offset in ``[0, 2 * padding]`` of its zero-padded copy.
-    Vectorised: one pad and one gather, draws from ``generator`` on the images' device, no host sync.
+    sample is the ``H x W`` window at a random offset in ``[0, 2 * padding]`` of its copy padded with
+    ``fill`` (a scalar or one value per channel; ``ImageDataset.pad_value`` is black, as the official
+    ``RandomCrop(32, padding=4)`` on pixels). Vectorised, one gather: draws (top, left, flip) from
+    ``generator`` on the images' device, no host sync.
     """
     if images.dim() != 4:
         raise ValueError(f"augment expects images [N, C, H, W], got shape {tuple(images.shape)}")
@@ -576,14 +598,20 @@ def augment(
         raise ValueError(f"padding must be >= 0, got {padding}")
     n, c, h, w = images.shape
     device = images.device
+    fill = torch.as_tensor(fill, dtype=images.dtype, device=device)
+    if fill.dim() > 1 or fill.numel() not in (1, c):
+        raise ValueError(f"fill must be a scalar or one value per channel ({c}), got shape {tuple(fill.shape)}")
     top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
     left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
-    rows = top + torch.arange(h, device=device)  # [N, H] rows of the padded image
-    cols = left + torch.arange(w, device=device)  # [N, W]
+    rows = top + torch.arange(h, device=device) - padding  # [N, H] rows of the image, out of range in the padding
+    cols = left + torch.arange(w, device=device) - padding  # [N, W]
     if hflip:
         flip = torch.rand(n, 1, generator=generator, device=device) < 0.5
         cols = torch.where(flip, cols.flip(1), cols)
-    padded = F.pad(images, (padding, padding, padding, padding)) if padding else images
+    inside = ((rows >= 0) & (rows < h)).view(n, 1, h, 1) & ((cols >= 0) & (cols < w)).view(n, 1, 1, w)
     batch_idx = torch.arange(n, device=device).view(n, 1, 1, 1)
     chan_idx = torch.arange(c, device=device).view(1, c, 1, 1)
-    return padded[batch_idx, chan_idx, rows.view(n, 1, h, 1), cols.view(n, 1, 1, w)]
+    gathered = images[batch_idx, chan_idx, rows.clamp(0, h - 1).view(n, 1, h, 1), cols.clamp(0, w - 1).view(n, 1, 1, w)]
+    if padding == 0:
+        return gathered
+    return torch.where(inside, gathered, fill.view(1, -1, 1, 1))

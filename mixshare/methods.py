@@ -63,13 +63,17 @@ def preset(name: str) -> dict:
     return dict(ALL_PRESETS[name], method=name)
 
 
-def cut_probability(config: Config, progress: float) -> float:
-    """CutMix probability at ``progress`` (epoch / epochs in [0, 1]): constant,
-    then decaying linearly to 0 after ``cut_decay_start``."""
+def cut_probability(config: Config, epoch: float) -> float:
+    """CutMix probability in epoch ``epoch`` (0-based), as the official MixMo code schedules it.
+
+    With the training ratio ``t = (epoch + 1) / epochs`` (epochs counted from 1): ``cut_prob`` while
+    ``t < cut_decay_start``, then ``cut_prob * (1 - t) / (1 - cut_decay_start)``, so 0 in the last epoch.
+    """
     start = config.cut_decay_start
-    if progress < start or start >= 1.0:
+    ratio = (epoch + 1) / config.epochs
+    if ratio < start or start >= 1.0:
         return config.cut_prob
-    return config.cut_prob * max(0.0, (1.0 - progress) / (1.0 - start))
+    return config.cut_prob * max(0.0, (1.0 - ratio) / (1.0 - start))
 
 
 def fade_ratio(config: Config, epoch: float) -> float:
@@ -96,7 +100,6 @@ def sample_plan(
     batch: int,
     grid: tuple[int, int],
     epoch: float,
-    progress: float,
     generator: torch.Generator,
     host_rng: random.Random,
     num_channels: int,
@@ -106,7 +109,8 @@ def sample_plan(
     """One batch's mixing plan and the loss weights [B, M] (both on the device).
 
     ``grid``: the mixing grid (the model's ``mixing_grid``: the image for the
-    CNNs, the patch grid for the ViTs). ``scale``: the ``box_mix`` scale, None
+    CNNs, the patch grid for the ViTs). ``epoch``: the 0-based epoch (fractional
+    allowed), for the cut probability and the fadeout. ``scale``: the ``box_mix`` scale, None
     for M (MixMo; the model's ``mixing_scale``). Host-side decisions (cut or
     linear, which input owns the box) use ``host_rng``; everything per sample
     uses ``generator`` on the device.
@@ -121,7 +125,7 @@ def sample_plan(
         boxes = torch.zeros(batch, 4, dtype=torch.int32, device=device)
         return MixPlan(boxes, weights, weights, scale), loss_weights(weights, config.loss_root)
     lam = torch._sample_dirichlet(torch.full((batch, m), float(config.alpha), device=device), generator=generator)
-    cut = config.mixing == "cut" and host_rng.random() < cut_probability(config, progress)
+    cut = config.mixing == "cut" and host_rng.random() < cut_probability(config, epoch)
     if not cut:  # linear MixMo
         boxes = torch.zeros(batch, 4, dtype=torch.int32, device=device)
         return MixPlan(boxes, lam, lam, scale), loss_weights(lam, config.loss_root)

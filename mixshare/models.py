@@ -15,6 +15,7 @@ plan)``, ``predict(images)``, ``num_subnets``, ``num_features``,
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from typing import Optional
 
@@ -46,8 +47,39 @@ class MixPlan:
     unmix_normalize: str = "mean"
 
 
+class WideBlock(nn.Module):
+    """The WRN block of the official MixMo ``wrn.py``: BN-ReLU-conv3x3-BN-ReLU-conv3x3 (+ shortcut).
+
+    A downsampling block strides its *second* conv, as a zero pad of (0 left, 1 right, 0 top,
+    1 bottom) then a padding-0 conv; a block whose shape changes adds a 1x1 conv of its raw input
+    ``x`` (not of the pre-activation), otherwise ``x`` itself.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.stride = stride
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride, 1 if stride == 1 else 0, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn2(self.conv1(F.relu(self.bn1(x)))))
+        if self.stride != 1:
+            out = F.pad(out, (0, 1, 0, 1))
+        skip = x if self.shortcut is None else self.shortcut(x)
+        return self.conv2(out) + skip
+
+
 class PreActBlock(nn.Module):
-    """Pre-activation residual block: BN-ReLU-conv3x3-BN-ReLU-conv3x3 (+ shortcut)."""
+    """The pre-activation block of the official MixMo ``resnet.py`` (PreActResNet-18).
+
+    BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3; a block whose shape changes adds a 1x1 conv of the
+    pre-activation ``relu(bn1(x))``, otherwise ``x`` itself.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int):
         super().__init__()
@@ -67,6 +99,21 @@ class PreActBlock(nn.Module):
         return out + skip
 
 
+# Standard deviation of a unit normal truncated to [-2, 2].
+TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+def kaiming_truncated_(weight: torch.Tensor) -> torch.Tensor:
+    """In place: the official MixMo init of every conv and linear weight (``torchutils``).
+
+    A normal truncated at +-2 of its scale, scaled so that its standard deviation is Kaiming's
+    ``sqrt(2 / fan_in)`` (the truncated unit normal has standard deviation 0.8796).
+    """
+    fan_in = weight[0].numel()
+    scale = math.sqrt(2.0 / fan_in) / TRUNCATED_NORMAL_STD
+    return nn.init.trunc_normal_(weight, 0.0, scale, -2.0 * scale, 2.0 * scale)
+
+
 class MimoNet(nn.Module):
     """M encoders (3x3 conv, 3 -> ``stem``), a pre-activation core, BN-ReLU, M heads.
 
@@ -76,7 +123,8 @@ class MimoNet(nn.Module):
     # box_mix scale of the training mix; None: M (MixMo), because test time sums the M encodings.
     mixing_scale = None
 
-    def __init__(self, stages, stem: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
+    def __init__(self, stages, stem: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent",
+                 *, block=WideBlock, head_std: Optional[float] = None):
         super().__init__()
         if num_subnets < 1:
             raise ValueError(f"num_subnets must be >= 1, got {num_subnets}")
@@ -89,22 +137,28 @@ class MimoNet(nn.Module):
         for width, blocks, stride in stages:
             layers = []
             for k in range(blocks):
-                layers.append(PreActBlock(channels, width, stride if k == 0 else 1))
+                layers.append(block(channels, width, stride if k == 0 else 1))
                 channels = width
             self.stages.append(nn.Sequential(*layers))
         self.final_bn = nn.BatchNorm2d(channels)
         self.num_features = channels
         self.heads = nn.ModuleList(nn.Linear(channels, num_classes) for _ in range(num_subnets))
-        self._init_weights(encoder_init)
+        self._init_weights(encoder_init, head_std)
 
-    def _init_weights(self, encoder_init: str) -> None:
+    def _init_weights(self, encoder_init: str, head_std: Optional[float]) -> None:
+        """As the official MixMo code: convs (and heads, unless ``head_std`` gives a plain normal's
+        standard deviation) by :func:`kaiming_truncated_`, zero biases, BatchNorm at identity."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                kaiming_truncated_(module.weight)
             elif isinstance(module, nn.BatchNorm2d):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Linear):
+                if head_std is None:
+                    kaiming_truncated_(module.weight)
+                else:
+                    nn.init.normal_(module.weight, 0.0, head_std)
                 nn.init.zeros_(module.bias)
         first = self.encoders[0].weight
         with torch.no_grad():
@@ -174,7 +228,7 @@ class MimoNet(nn.Module):
 
 
 def wide_resnet(depth: int, width: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
-    """WRN-depth-width (depth = 6n + 4): widths 16, 16w, 32w, 64w; n blocks per stage."""
+    """WRN-depth-width (depth = 6n + 4): widths 16, 16w, 32w, 64w; n :class:`WideBlock` per stage."""
     if (depth - 4) % 6 != 0 or depth < 10:
         raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
     n = (depth - 4) // 6
@@ -183,9 +237,12 @@ def wide_resnet(depth: int, width: int, num_classes: int, num_subnets: int = 2, 
 
 
 def preact_resnet18(num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
-    """PreActResNet-18 for 64x64 inputs: widths 64-512, two blocks per stage."""
+    """PreActResNet-18 for 64x64 inputs: widths 64-512, two :class:`PreActBlock` per stage.
+
+    Heads start from N(0, 0.01), as the official PreActResNet's.
+    """
     stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
-    return MimoNet(stages, 64, num_classes, num_subnets, encoder_init)
+    return MimoNet(stages, 64, num_classes, num_subnets, encoder_init, block=PreActBlock, head_std=0.01)
 
 
 CNN_MODEL_PATTERN = "wrn-<depth>-<width> (depth = 6n + 4, e.g. wrn-28-2, wrn-16-2) or preact-resnet18"

@@ -173,7 +173,6 @@ def training_step(
     index: torch.Tensor,
     config: Config,
     epoch: float,
-    progress: float,
     mix_gen: torch.Generator,
     host_rng: random.Random,
     optimizer: torch.optim.Optimizer,
@@ -189,7 +188,7 @@ def training_step(
     model = net.module if isinstance(net, torch.nn.parallel.DistributedDataParallel) else net
     m, r = index.shape
     images = dataset.train_images[index.reshape(-1)]
-    images = data.augment(images, dataset.hflip, mix_gen)
+    images = data.augment(images, dataset.hflip, mix_gen, fill=dataset.pad_value)
     if on_gpu and config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     images = images.view(m, r, *images.shape[1:])
@@ -198,7 +197,7 @@ def training_step(
     # Where the boxes live (the image for the CNNs, the patch grid for the
     # ViTs) and the box_mix scale (None: M) are the model's to say.
     grid = model.mixing_grid(image_size) if hasattr(model, "mixing_grid") else image_size
-    plan, weights = methods.sample_plan(config, r, grid, epoch, progress, mix_gen, host_rng, model.num_features,
+    plan, weights = methods.sample_plan(config, r, grid, epoch, mix_gen, host_rng, model.num_features,
                                         scale=getattr(model, "mixing_scale", None))
     # The boxes come from cutmix_boxes, valid by construction: skip the ops'
     # value checks, which would cost a host sync per call on CUDA.
@@ -248,7 +247,7 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
 
     optimizer = make_optimizer(model, config)
     num_train = dataset.train_images.shape[0]
-    steps = data.steps_per_epoch(num_train, config.batch_size)
+    steps = data.steps_per_epoch(num_train, config.batch_size, config.batch_repetition)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(config, s, steps))
     # Two device generators: batches (identical on every rank) and
     # per-sample augmentation/mixing draws (one stream per rank).
@@ -275,7 +274,6 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
 
     for epoch in range(start_epoch, config.epochs):
         net.train()
-        progress = epoch / config.epochs
         started = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device)
@@ -290,7 +288,7 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
                 share = index.shape[1] // ddp.world_size
                 index = index[:, ddp.rank * share : (ddp.rank + 1) * share]
             loss, logits, labels = training_step(
-                net, dataset, index, config, epoch, progress, mix_gen, host_rng, optimizer, on_gpu
+                net, dataset, index, config, epoch, mix_gen, host_rng, optimizer, on_gpu
             )
             scheduler.step()
             loss_sum += loss.detach()

@@ -204,14 +204,13 @@ def _check_against(ds, train_batches, test_batches, label_key):
     assert ds.train_images.dtype == torch.float32
     assert ds.train_labels.tolist() == sum((b[label_key] for b in train_batches), [])
     assert ds.test_labels.tolist() == sum((b[label_key] for b in test_batches), [])
-    scaled = train_raw / 255.0
-    mean, std = scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
-    assert np.allclose(ds.mean, mean, atol=1e-9) and np.allclose(ds.std, std, atol=1e-9)
-    expected = (test_raw / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
-    assert np.allclose(ds.test_images.numpy(), expected, atol=1e-5)
-    x = ds.train_images.double()
-    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-5)
-    assert torch.allclose(x.std(dim=(0, 2, 3), correction=0), torch.ones(3, dtype=torch.float64), atol=1e-5)
+    # the official MixMo code's constants, for CIFAR-10 and CIFAR-100 alike
+    mean = np.array([0.4913725490196078, 0.4823529411764706, 0.4466666666666667])
+    std = np.array([0.2023, 0.1994, 0.2010])
+    assert np.allclose(ds.mean, mean, atol=1e-12) and np.allclose(ds.std, std, atol=1e-12)
+    for images, raw in ((ds.train_images, train_raw), (ds.test_images, test_raw)):
+        expected = (raw / 255.0 - mean[None, :, None, None]) / std[None, :, None, None]
+        assert np.allclose(images.numpy(), expected, atol=1e-5)
     assert ds.hflip is True
 
 
@@ -457,48 +456,81 @@ def test_steps_per_epoch():
     assert data.steps_per_epoch(7, 10) == 1
     assert data.steps_per_epoch(1, 10) == 1
     assert data.steps_per_epoch(0, 10) == 0
+    # batch_size counts rows, repetitions included: 32 images a step at 64 rows and b = 2.
+    assert data.steps_per_epoch(50_000, 64, 2) == 50_000 // 32 == 1562
+    assert data.steps_per_epoch(50_000, 64, 4) == 3125
+    assert data.steps_per_epoch(50_000, 64, 3) == 50_000 // 22  # ceil(64 / 3) images, 66 rows
+    assert [data.images_per_step(64, b) for b in (1, 2, 3, 4)] == [64, 32, 22, 16]
     with pytest.raises(ValueError):
         data.steps_per_epoch(10, 0)
+    with pytest.raises(ValueError, match="batch_repetition"):
+        data.steps_per_epoch(10, 4, 0)
 
 
 @pytest.mark.parametrize("m, b, rho", [(2, 1, 0.0), (3, 4, 0.25), (4, 2, 0.5), (2, 3, 1.0), (1, 2, 0.3)])
 def test_mimo_batches_structure(m, b, rho):
-    n, batch = 103, 8
+    n, batch = 103, 24  # rows per step, repetitions included
     steps = list(data.mimo_batches(n, batch, m, b, rho, _gen(1), "cpu"))
-    assert len(steps) == data.steps_per_epoch(n, batch) == 12
-    rows = batch * b
+    images = -(-batch // b)
+    assert len(steps) == data.steps_per_epoch(n, batch, b) == n // images
+    rows = images * b
     shared = int(rows * rho)
     seen = []
     for index in steps:
         assert index.shape == (m, rows) and index.dtype == torch.int64
         distinct = torch.unique(index[0])
-        assert distinct.numel() == batch
+        assert distinct.numel() == images
         for i in range(m):
             values, counts = torch.unique(index[i], return_counts=True)
             assert torch.equal(values, distinct) and (counts == b).all()
             assert torch.equal(index[i, :shared], index[0, :shared])
         seen.append(distinct)
     seen = torch.cat(seen)
-    assert seen.numel() == torch.unique(seen).numel() == 12 * batch  # no sample in two steps
+    assert seen.numel() == torch.unique(seen).numel() == len(steps) * images  # no sample in two steps
     assert seen.min() >= 0 and seen.max() < n
     if m > 1 and shared < rows:
         tails = torch.stack(steps)[:, :, shared:]
         assert not (tails == tails[:, :1]).all()  # members differ outside the shared prefix
 
 
+def test_mimo_batch_rows_are_batch_size_with_repetitions():
+    """The official sampler: 64 rows at b = 2 are 32 images twice each."""
+    index = next(data.mimo_batches(50_000, 64, 2, 2, 0.0, _gen(0)))
+    assert index.shape == (2, 64)
+    for member in index:
+        values, counts = torch.unique(member, return_counts=True)
+        assert values.numel() == 32 and (counts == 2).all()
+    assert torch.equal(torch.unique(index[0]), torch.unique(index[1]))
+
+
+@pytest.mark.parametrize("b", [2, 4])
+def test_input_repetition_shares_the_first_rows_before_the_shuffles(b):
+    """int(64 * 0.1) = 6 rows, the first of the repeated batch: 3 images x 2 copies at b = 2."""
+    for index in data.mimo_batches(4096, 64, 3, b, 0.1, _gen(b)):
+        prefix = index[0, :6]
+        assert all(torch.equal(member[:6], prefix) for member in index)
+        # side by side copies, as the batch is formed (each image b times) before any shuffle
+        runs = [prefix[k : k + b] for k in range(0, 6, b)]
+        assert all((run == run[0]).all() for run in runs)
+        assert len({int(run[0]) for run in runs}) == len(runs)
+        for member in index:  # each image still appears b times in the member's rows
+            values, counts = torch.unique(member, return_counts=True)
+            assert (counts == b).all() and values.numel() == 64 // b
+
+
 def test_mimo_batches_input_repetition_edges():
-    full = torch.stack(list(data.mimo_batches(64, 16, 3, 2, 1.0, _gen(2))))
+    full = torch.stack(list(data.mimo_batches(64, 32, 3, 2, 1.0, _gen(2))))
     assert (full == full[:, :1]).all()  # every member sees the same image at every row
-    none = torch.stack(list(data.mimo_batches(64, 16, 3, 2, 0.0, _gen(2))))
+    none = torch.stack(list(data.mimo_batches(64, 32, 3, 2, 0.0, _gen(2))))
     assert (none == none[:, :1]).float().mean() < 0.5
-    # MixShare's 10%: int(32 * 0.1) = 3 shared rows
-    index = next(data.mimo_batches(64, 16, 2, 2, 0.1, _gen(3)))
+    # int(32 * 0.1) = 3 shared rows
+    index = next(data.mimo_batches(64, 32, 2, 2, 0.1, _gen(3)))
     assert torch.equal(index[0, :3], index[1, :3])
 
 
 def test_mimo_batches_rows_shuffled():
     """Batch repetition copies are spread over the rows, not left side by side."""
-    index = torch.stack(list(data.mimo_batches(4096, 64, 2, 4, 0.0, _gen(4))))
+    index = torch.stack(list(data.mimo_batches(4096, 256, 2, 4, 0.0, _gen(4))))
     adjacent_equal = (index[..., 1:] == index[..., :-1]).double().mean()
     assert adjacent_equal < 0.1  # ~3/255 for a uniform shuffle, 3/4 if left interleaved
 
@@ -517,12 +549,12 @@ def test_mimo_batches_deterministic():
 
 
 def test_mimo_batches_tiny_datasets():
-    steps = list(data.mimo_batches(5, 8, 2, 3, 0.5, _gen(7)))
+    steps = list(data.mimo_batches(5, 24, 2, 3, 0.5, _gen(7)))  # 8 images wanted, 5 there
     assert len(steps) == 1 and steps[0].shape == (2, 15)
     values, counts = torch.unique(steps[0][1], return_counts=True)
     assert values.tolist() == list(range(5)) and (counts == 3).all()
     assert torch.equal(steps[0][0, :7], steps[0][1, :7])
-    one = list(data.mimo_batches(1, 8, 3, 2, 0.0, _gen(7)))
+    one = list(data.mimo_batches(1, 16, 3, 2, 0.0, _gen(7)))
     assert len(one) == 1 and (one[0] == 0).all() and one[0].shape == (3, 2)
     assert list(data.mimo_batches(0, 8, 2, 1, 0.0, _gen(7))) == []
     exact = list(data.mimo_batches(8, 8, 2, 1, 0.0, _gen(7)))
@@ -543,7 +575,7 @@ def test_mimo_batches_rejects_bad_arguments():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_mimo_batches_and_augment_on_cuda():
     gen = _gen(0, "cuda")
-    index = next(data.mimo_batches(1000, 64, 3, 4, 0.1, gen, "cuda"))
+    index = next(data.mimo_batches(1000, 256, 3, 4, 0.1, gen, "cuda"))
     assert index.is_cuda and index.shape == (3, 256)
     images = torch.randn(256, 3, 32, 32, device="cuda")
     out = data.augment(images, True, gen)
@@ -634,3 +666,34 @@ def test_augment_deterministic_and_layouts():
     assert data.augment(x[:0], True, _gen(9)).shape == (0, 3, 8, 8)
     with pytest.raises(ValueError, match="N, C, H, W"):
         data.augment(x[0], True, _gen(9))
+
+
+def test_augment_pads_with_the_fill_value_per_channel():
+    x = torch.full((64, 3, 6, 5), 7.0)
+    fill = (-1.0, -2.0, -3.0)
+    out = data.augment(x, True, _gen(4), padding=2, fill=fill)
+    for c, value in enumerate(fill):
+        assert set(out[:, c].unique().tolist()) == {7.0, value}  # image or padding, nothing else
+    # a crop at offset (top, left) has exactly the rows/columns outside the image filled
+    gen = _gen(4)
+    top = torch.randint(0, 5, (64, 1), generator=gen).flatten()
+    left = torch.randint(0, 5, (64, 1), generator=gen).flatten()
+    flip = torch.rand(64, 1, generator=gen).flatten() < 0.5
+    for i in range(64):
+        rows = torch.arange(6) + top[i] - 2
+        cols = torch.arange(5) + left[i] - 2
+        cols = cols.flip(0) if flip[i] else cols
+        inside = ((rows >= 0) & (rows < 6))[:, None] & ((cols >= 0) & (cols < 5))[None, :]
+        assert torch.equal(out[i, 0] == 7.0, inside)
+    with pytest.raises(ValueError, match="fill"):
+        data.augment(x, True, _gen(4), fill=(0.0, 1.0))
+
+
+def test_dataset_pad_value_is_black_after_normalisation(digits):
+    """The official RandomCrop pads uint8 pixels with 0: black, -mean/std once normalised."""
+    expected = tuple(-m / s for m, s in zip(digits.mean, digits.std))
+    assert digits.pad_value == pytest.approx(expected)
+    # the digits' background is pixel value 0: the darkest normalised value of each channel
+    darkest = digits.train_images.amin(dim=(0, 2, 3))
+    torch.testing.assert_close(darkest, torch.tensor(expected), rtol=1e-5, atol=1e-5)
+    assert all(v < 0 for v in digits.pad_value)  # not the mean (0 after normalisation)

@@ -1,13 +1,15 @@
 """Models, method presets, schedules, loss weights, configuration."""
 
+import math
 import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mixshare import config as cfg
 from mixshare import methods
-from mixshare.models import MixPlan, build_model, wide_resnet
+from mixshare.models import MixPlan, PreActBlock, WideBlock, build_model, preact_resnet18, wide_resnet
 
 
 @pytest.mark.parametrize("name,params", [("wrn-16-2", 0.69e6), ("wrn-28-2", 1.46e6), ("wrn-28-10", 36.5e6)])
@@ -20,6 +22,110 @@ def test_wide_resnet_shapes_and_size(name, params):
         assert logits.shape == (2, 3, 100)
         assert [f.shape[1:] for f in model.stage_features(torch.randn(2, 1, 3, 32, 32))] == [
             (16 * int(name[-1]), 32, 32), (32 * int(name[-1]), 16, 16), (64 * int(name[-1]), 8, 8)]
+
+
+def _official_wrn_logits(state: dict, images: torch.Tensor, depth: int, width: int, m: int) -> torch.Tensor:
+    """Test-time logits [M, B, K] of the official MixMo WRN (``wrn.py``), written from its rules,
+    with this project's parameter names: every encoder sees the image and the M encodings are summed;
+    a block is BN-ReLU-conv3x3(stride 1)-BN-ReLU-[pad (0, 1, 0, 1), conv3x3 stride 2, no padding |
+    conv3x3 stride 1, padding 1] plus a 1x1 conv of the raw input where the shape changes."""
+    def bn(x, name):
+        return F.batch_norm(x, state[f"{name}.running_mean"], state[f"{name}.running_var"], state[f"{name}.weight"],
+                            state[f"{name}.bias"], training=False, eps=1e-5)
+
+    x = sum(F.conv2d(images, state[f"encoders.{i}.weight"], padding=1) for i in range(m))
+    channels, n = 16, (depth - 4) // 6
+    for s_index, (out_channels, stride) in enumerate([(16 * width, 1), (32 * width, 2), (64 * width, 2)]):
+        for k in range(n):
+            p = f"stages.{s_index}.{k}"
+            block_stride = stride if k == 0 else 1
+            out = F.conv2d(F.relu(bn(x, f"{p}.bn1")), state[f"{p}.conv1.weight"], padding=1)
+            out = F.relu(bn(out, f"{p}.bn2"))
+            if block_stride != 1:
+                out = F.conv2d(F.pad(out, (0, 1, 0, 1)), state[f"{p}.conv2.weight"], stride=2)
+            else:
+                out = F.conv2d(out, state[f"{p}.conv2.weight"], padding=1)
+            if block_stride != 1 or channels != out_channels:
+                x = out + F.conv2d(x, state[f"{p}.shortcut.weight"], stride=block_stride)
+            else:
+                x = out + x
+            channels = out_channels
+    pooled = F.relu(bn(x, "final_bn")).mean(dim=(2, 3))
+    return torch.stack([F.linear(pooled, state[f"heads.{i}.weight"], state[f"heads.{i}.bias"]) for i in range(m)])
+
+
+@pytest.mark.parametrize("depth, width", [(10, 1), (16, 2)])
+def test_wide_resnet_gives_the_official_networks_logits(depth, width):
+    torch.manual_seed(0)
+    model = wide_resnet(depth, width, 10, 2).double().eval()
+    with torch.no_grad():  # BatchNorm away from identity, so that every term shows
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+    images = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    expected = _official_wrn_logits(model.state_dict(), images, depth, width, 2)
+    torch.testing.assert_close(model.predict(images), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_wide_block_strides_its_second_conv_and_shortcuts_the_raw_input():
+    block = WideBlock(16, 32, 2)
+    assert block.conv1.stride == (1, 1) and block.conv1.padding == (1, 1)
+    assert block.conv2.stride == (2, 2) and block.conv2.padding == (0, 0)
+    assert block.shortcut.stride == (2, 2) and block.shortcut.kernel_size == (1, 1)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        # With the residual branch at zero, the block's output is its shortcut: a 1x1 conv of x itself.
+        block.conv2.weight.zero_()
+        torch.testing.assert_close(block(x), F.conv2d(x, block.shortcut.weight, stride=2))
+    assert block(x).shape == (2, 32, 4, 4)
+    same = WideBlock(16, 16, 1)
+    assert same.shortcut is None and same.conv2.padding == (1, 1)
+
+
+def test_preact_block_keeps_the_official_resnet_rule():
+    block = PreActBlock(16, 32, 2)
+    assert block.conv1.stride == (2, 2) and block.conv2.stride == (1, 1)
+    x = torch.randn(2, 16, 8, 8)
+    with torch.no_grad():
+        block.conv2.weight.zero_()
+        torch.testing.assert_close(block(x), F.conv2d(F.relu(block.bn1(x)), block.shortcut.weight, stride=2))
+
+
+def _truncated_kaiming_check(weight: torch.Tensor):
+    """The official torchutils init: std sqrt(2 / fan_in), truncated at 2 / 0.8796 of it."""
+    fan_in = weight[0].numel()
+    std = math.sqrt(2.0 / fan_in)
+    bound = 2.0 * std / 0.87962566103423978
+    w = weight.detach().double()
+    assert w.abs().max() <= bound * (1 + 1e-6)
+    # the sample std of n values lies within a few sqrt(1 / (2n)) of the true one
+    assert abs(w.std().item() / std - 1) < 4 / math.sqrt(2 * w.numel()) + 1e-3, (tuple(weight.shape), w.std(), std)
+    return w.abs().max().item() / bound
+
+
+def test_initialisation_is_the_official_truncated_kaiming_fan_in():
+    torch.manual_seed(0)
+    model = wide_resnet(16, 4, 100, 2)
+    reach = []
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            reach.append(_truncated_kaiming_check(module.weight))
+            if module.bias is not None:
+                assert (module.bias == 0).all()
+    assert max(reach) > 0.95  # truncated near the bound, not a narrower distribution
+    # fan_in, not fan_out: a 64 -> 128 3x3 conv has std sqrt(2 / 576), not sqrt(2 / 1152)
+    conv = model.stages[2][0].conv1
+    assert conv.weight.shape == (256, 128, 3, 3)
+    assert abs(conv.weight.std().item() - math.sqrt(2 / (128 * 9))) < 0.02 * math.sqrt(2 / (128 * 9))
+    # heads too: std sqrt(2 / 256), far from PyTorch's default uniform (std 1 / sqrt(3 * 256))
+    head = model.heads[0].weight
+    assert abs(head.std().item() - math.sqrt(2 / 256)) < 0.05 * math.sqrt(2 / 256)
+    # the official PreActResNet starts its heads from N(0, 0.01)
+    preact = preact_resnet18(200, 2)
+    assert abs(preact.heads[0].weight.std().item() - 0.01) < 0.0005
 
 
 def test_preact_resnet18_and_single_network():
@@ -72,12 +178,21 @@ def test_presets_cover_the_paper_methods():
         methods.preset("mixup")
 
 
-def test_cut_probability_schedule():
-    config = cfg.apply(cfg.Config(), methods.preset("cut-mixmo"), "")
-    assert methods.cut_probability(config, 0.0) == 0.5
-    assert methods.cut_probability(config, 10 / 12) == 0.5
-    assert methods.cut_probability(config, 11.5 / 12) == pytest.approx(0.25)
-    assert methods.cut_probability(config, 1.0) == 0.0
+def _official_cut_probability(epoch_from_1: int, epochs: int, prob: float = 0.5) -> float:
+    """The official MixMo rule: ratio = epoch / epochs with epochs counted from 1; decay from 11/12."""
+    ratio = epoch_from_1 / epochs
+    return prob if ratio < 11 / 12 else prob * max(0.0, (1 - ratio) / (1 - 11 / 12))
+
+
+@pytest.mark.parametrize("epochs", [12, 300])
+def test_cut_probability_schedule(epochs):
+    config = cfg.apply(cfg.Config(epochs=epochs), methods.preset("cut-mixmo"), "")
+    got = [methods.cut_probability(config, e) for e in range(epochs)]  # 0-based epochs of the loop
+    expected = [_official_cut_probability(e + 1, epochs) for e in range(epochs)]
+    assert got == pytest.approx(expected, abs=1e-12)
+    assert got[-1] == 0.0 and got[-2] > 0  # no CutMix in the last epoch
+    first_decayed = next(e for e in range(epochs) if got[e] < 0.5)
+    assert (first_decayed + 1) / epochs > 11 / 12  # the epoch at ratio 11/12 still cuts with p = 0.5
 
 
 def test_fade_ratio():
@@ -98,7 +213,7 @@ def test_loss_weights():
 def test_sample_plan(name):
     config = cfg.apply(cfg.Config(epochs=12), methods.preset(name), "")
     gen = torch.Generator().manual_seed(0)
-    plan, weights = methods.sample_plan(config, 6, (32, 32), 2, 2 / 12, gen, random.Random(0), 64)
+    plan, weights = methods.sample_plan(config, 6, (32, 32), 2, gen, random.Random(0), 64)
     assert weights.shape == (6, 2) and torch.allclose(weights.sum(1), torch.full((6,), 2.0), atol=1e-5) \
         or config.loss_root != 1
     assert plan.inside.shape == (6, 2) and plan.scale == 2.0
@@ -114,7 +229,7 @@ def test_sample_plan(name):
 
 def test_sample_plan_m3_follows_mixmo_rule():
     config = cfg.apply(cfg.Config(), dict(methods.preset("unmix"), num_subnets=3), "")
-    plan, weights = methods.sample_plan(config, 5, (8, 8), 0, 0.0, torch.Generator().manual_seed(1),
+    plan, weights = methods.sample_plan(config, 5, (8, 8), 0, torch.Generator().manual_seed(1),
                                         random.Random(1), 32)
     owner = int(plan.inside[0].argmax())
     assert torch.all(plan.outside[:, owner] == 0)

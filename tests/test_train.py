@@ -15,7 +15,7 @@ from mixshare.config import Config, apply
 
 TINY = dict(
     dataset="synthetic", synthetic_train=48, synthetic_test=24, synthetic_classes=4, synthetic_size=12,
-    model="wrn-10-1", batch_size=12, epochs=2, progress=False, plots=False, eval_batch_size=24,
+    model="wrn-10-1", batch_size=24, epochs=2, progress=False, plots=False, eval_batch_size=24,
 )
 TINY_ARGS = ["--set"] + [f"{k}={v}" for k, v in TINY.items()]
 

@@ -29,7 +29,7 @@ def tiny_vit(num_subnets=2, depth=3, dim=32, heads=2, classes=5, attribution_dep
 def cut_plan(model, batch, grid, seed=0):
     """A mixvit plan for ``batch`` samples on ``grid`` (the model's patch grid), as training draws it."""
     config = cfg.apply(cfg.Config(), dict(methods.preset("mixvit"), num_subnets=model.num_subnets), "test")
-    plan, weights = methods.sample_plan(config, batch, grid, 0, 0.0, torch.Generator().manual_seed(seed),
+    plan, weights = methods.sample_plan(config, batch, grid, 0, torch.Generator().manual_seed(seed),
                                         random.Random(seed), model.num_features, scale=model.mixing_scale)
     return plan, weights
 
