@@ -20,8 +20,19 @@ read their own input's tokens.
 Feature *profiles* are ``[M, F]`` non-negative importances of F features to
 each subnetwork: the L1 norm of each encoder's kernel per output channel
 (input block) and of each head's weight column per input feature (output
-block). The *share rate* compares them: 0% when every feature is used by one
-subnetwork only, 100% when all subnetworks weigh all features alike.
+block). The *share rate* compares them (MixShare section 2, Table 1), on the
+raw profiles h_i:
+
+    share rate = 100 * sum_f min_i h_i(f) / sum_f max_i h_i(f)
+
+0% when every feature is used by one subnetwork only, 100% when all
+subnetworks weigh all features exactly alike. This literal rate is what
+:func:`share_rate`, :func:`encoder_share_rate`, :func:`classifier_share_rate`
+and the ``encoder_share_rate`` / ``classifier_share_rate`` keys report. It
+is sensitive to an overall scale difference between subnetworks (a head whose
+weights are all 1.5x larger lowers it); :func:`normalized_share_rate` (keys
+``*_share_rate_normalized``) first divides each subnetwork's profile by its
+own maximum, so it compares only the *shapes* of the profiles.
 """
 
 from __future__ import annotations
@@ -37,6 +48,7 @@ __all__ = [
     "encoder_profiles",
     "classifier_profiles",
     "share_rate",
+    "normalized_share_rate",
     "encoder_share_rate",
     "classifier_share_rate",
     "conditional_variance",
@@ -92,19 +104,8 @@ def classifier_profiles(model: nn.Module) -> torch.Tensor:
     return torch.stack([head.weight.detach().abs().sum(0) for head in heads])
 
 
-def share_rate(profiles: torch.Tensor) -> float:
-    """Feature sharing rate in percent of ``profiles [M, F]`` (MixShare section 2).
-
-    Each subnetwork's profile is divided by its own maximum (so it lies in
-    [0, 1]), then
-
-        share rate = 100 * sum_f min_i h_i(f) / sum_f max_i h_i(f)
-
-    0 when no feature is used by two subnetworks, 100 when the normalised
-    profiles are identical; 100.0 for M = 1. Convention: nan when any
-    subnetwork's profile is all zero (it cannot be normalised; such a
-    subnetwork uses no feature at all). Profiles must be finite and >= 0.
-    """
+def _checked_profiles(profiles) -> torch.Tensor:
+    """``profiles`` as a float64 ``[M, F]`` tensor, after checking shape, finiteness and sign."""
     if not isinstance(profiles, torch.Tensor):
         profiles = torch.as_tensor(profiles)
     if profiles.dim() != 2 or profiles.shape[0] < 1 or profiles.shape[1] < 1:
@@ -114,20 +115,67 @@ def share_rate(profiles: torch.Tensor) -> float:
         raise ValueError("profiles must be finite")
     if bool((h < 0).any()):
         raise ValueError("profiles must be non-negative (they are L1 norms or variances)")
+    return h
+
+
+def _min_over_max(h: torch.Tensor) -> float:
+    """``100 * sum_f min_i h[i, f] / sum_f max_i h[i, f]``; nan when the denominator is 0."""
+    denominator = h.amax(0).sum()
+    if float(denominator) == 0.0:
+        return math.nan
+    return 100.0 * (h.amin(0).sum() / denominator).item()
+
+
+def share_rate(profiles: torch.Tensor) -> float:
+    """Feature sharing rate in percent of the raw ``profiles [M, F]`` (MixShare section 2, Table 1).
+
+        share rate = 100 * sum_f min_i h_i(f) / sum_f max_i h_i(f)
+
+    on the profiles exactly as given (no per-subnetwork normalisation): the
+    definition of the MixShare paper and of its Table 1's share rates. 0 when
+    no feature has a non-zero weight in two subnetworks (also when one
+    subnetwork's profile is all zero and another's is not), 100 when all
+    profiles are identical (100.0 for M = 1). A common scale factor of all
+    profiles cancels, but a scale difference between subnetworks does not:
+    profiles [1, 1] and [1.5, 1.5] give 66.7 (see :func:`normalized_share_rate`).
+
+    Convention: nan when every profile is all zero (sum of max is 0: no
+    subnetwork uses any feature), for any M. Profiles must be finite and >= 0;
+    they are computed in float64.
+    """
+    return _min_over_max(_checked_profiles(profiles))
+
+
+def normalized_share_rate(profiles: torch.Tensor) -> float:
+    """Share rate (%) of ``profiles [M, F]`` after dividing each subnetwork's profile by its own maximum.
+
+        h'_i = h_i / max_f h_i(f);   rate = 100 * sum_f min_i h'_i(f) / sum_f max_i h'_i(f)
+
+    Not the paper's definition (Table 1 uses the literal :func:`share_rate`).
+    Useful beside it because it ignores an overall scale difference between
+    subnetworks (e.g. one head whose weights are all larger, which the literal
+    rate counts as a difference in feature use) and compares only which
+    features each subnetwork relies on, relative to its own strongest one:
+    colinear profiles give 100. 100.0 for M = 1.
+
+    Convention: nan when any subnetwork's profile is all zero (it cannot be
+    normalised; such a subnetwork uses no feature at all). Profiles must be
+    finite and >= 0.
+    """
+    h = _checked_profiles(profiles)
     peak = h.amax(dim=1, keepdim=True)
     if bool((peak == 0).any()):
         return math.nan
-    h = h / peak
-    return 100.0 * (h.amin(0).sum() / h.amax(0).sum()).item()
+    return _min_over_max(h / peak)
 
 
 def encoder_share_rate(model: nn.Module) -> float:
-    """Share rate (%) of the input block: :func:`share_rate` of :func:`encoder_profiles`."""
+    """Share rate (%) of the input block: :func:`share_rate` (literal) of :func:`encoder_profiles`."""
     return share_rate(encoder_profiles(model))
 
 
 def classifier_share_rate(model: nn.Module) -> float:
-    """Share rate (%) of the output block: :func:`share_rate` of :func:`classifier_profiles`.
+    """Share rate (%) of the output block: :func:`share_rate` (literal) of :func:`classifier_profiles`.
 
     The "classifier share rate" of MixShare's Table 1.
     """
@@ -135,16 +183,23 @@ def classifier_share_rate(model: nn.Module) -> float:
 
 
 def share_rates(model: nn.Module) -> dict:
-    """``encoder_share_rate`` and ``classifier_share_rate`` (%) of any project model.
+    """The share rates (%) of any project model, as they go into ``metrics.json``.
 
-    Without per-subnetwork encoders (a ViT) ``encoder_share_rate`` is None and
+    ``encoder_share_rate`` and ``classifier_share_rate``: the literal
+    :func:`share_rate` (the paper's); ``encoder_share_rate_normalized`` and
+    ``classifier_share_rate_normalized``: :func:`normalized_share_rate`.
+    Without per-subnetwork encoders (a ViT) both encoder keys are None and
     ``encoder_share_rate_note`` says why.
     """
-    out = {"classifier_share_rate": classifier_share_rate(model)}
+    cls = classifier_profiles(model)
+    out = {"classifier_share_rate": share_rate(cls), "classifier_share_rate_normalized": normalized_share_rate(cls)}
     if has_input_encoders(model):
-        out["encoder_share_rate"] = encoder_share_rate(model)
+        enc = encoder_profiles(model)
+        out["encoder_share_rate"] = share_rate(enc)
+        out["encoder_share_rate_normalized"] = normalized_share_rate(enc)
     else:
         out["encoder_share_rate"] = None
+        out["encoder_share_rate_normalized"] = None
         out["encoder_share_rate_note"] = NO_ENCODER_NOTE
     return out
 
@@ -152,22 +207,18 @@ def share_rates(model: nn.Module) -> dict:
 def feature_sharing_report(model: nn.Module) -> dict:
     """Share rates and profiles of the input and output blocks, as plain Python values.
 
-    Keys: ``num_subnets``, ``encoder_share_rate``, ``classifier_share_rate`` (%,
-    nan as in :func:`share_rate`), ``encoder_profiles`` (M lists of C_enc floats),
-    ``classifier_profiles`` (M lists of C_final floats). Without per-subnetwork
-    encoders the encoder entries are None and ``encoder_share_rate_note`` says why.
+    Keys: ``num_subnets``; the keys of :func:`share_rates` (``encoder_share_rate``,
+    ``classifier_share_rate``: literal, %; ``*_share_rate_normalized``: %; nan
+    as documented there); ``encoder_profiles`` (M lists of C_enc floats),
+    ``classifier_profiles`` (M lists of C_final floats), the raw profiles the
+    rates are computed from. Without per-subnetwork encoders the encoder
+    entries are None and ``encoder_share_rate_note`` says why.
     """
-    cls = classifier_profiles(model)
-    report = {
-        "num_subnets": int(model.num_subnets),
-        "classifier_share_rate": share_rate(cls),
-        "classifier_profiles": cls.double().cpu().tolist(),
-    }
-    if has_input_encoders(model):
-        enc = encoder_profiles(model)
-        report.update(encoder_share_rate=share_rate(enc), encoder_profiles=enc.double().cpu().tolist())
-    else:
-        report.update(encoder_share_rate=None, encoder_profiles=None, encoder_share_rate_note=NO_ENCODER_NOTE)
+    report = {"num_subnets": int(model.num_subnets)}
+    report.update(share_rates(model))
+    report["classifier_profiles"] = classifier_profiles(model).double().cpu().tolist()
+    report["encoder_profiles"] = (
+        encoder_profiles(model).double().cpu().tolist() if has_input_encoders(model) else None)
     return report
 
 

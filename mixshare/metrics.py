@@ -15,20 +15,24 @@ Conventions:
 
 * accuracies and :func:`disagreement` are in percent (0-100);
 * :func:`ece` is a fraction in [0, 1];
-* :func:`brier` is the sum over classes (range [0, 2]), not the mean over classes;
-* for M = 1 (no pair of subnetworks) :func:`disagreement` and
-  :func:`kl_diversity` are 0.0 and :func:`ratio_of_errors` is nan;
-* :func:`ratio_of_errors` is nan for a pair that never errs together
-  (N00 = 0), and the average over pairs is then nan too.
+* :func:`brier` is the sum over classes (range [0, 2]), not the mean over
+  classes; :func:`evaluate_logits` also reports ``brier_official``, the same
+  score divided by K (the official MixMo code's convention, range [0, 2/K]);
+* :func:`ratio_of_errors` follows the official MixMo code: per pair
+  ``(N01 + N10) / N00`` from the fractions of samples, and
+  ``2 * (N01 + N10)`` (fractions, so at most 2) when the pair never errs
+  together (N00 = 0), which is 0.0 when both are always right; never nan;
+* for M = 1 (no pair of subnetworks) :func:`disagreement`,
+  :func:`kl_diversity` and :func:`ratio_of_errors` are 0.0 (the subnetwork
+  paired with itself).
 
-``json.dumps`` writes nan as ``NaN`` (valid for Python's json module, not for
-strict JSON parsers).
+For finite logits no metric here returns nan, so :func:`evaluate_logits`'s
+dict is strict-JSON safe (``json.dumps(..., allow_nan=False)`` works).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +44,7 @@ __all__ = [
     "subnetwork_accuracy",
     "nll",
     "brier",
+    "brier_official",
     "ece",
     "disagreement",
     "kl_diversity",
@@ -156,8 +161,9 @@ def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """Brier score of ``probs [N, K]``: ``mean_n sum_k (p_nk - onehot(y_n)_k)^2``.
 
     Convention: summed over classes and averaged over samples (Brier's original
-    multi-class score, range [0, 2], 0 is perfect). Some libraries also divide
-    by K; this one does not.
+    multi-class score, range [0, 2], 0 is perfect). Some libraries, and the
+    official MixMo code, also divide by K; this one does not (see
+    :func:`brier_official`).
     """
     _check_probs(probs)
     n, k = probs.shape
@@ -165,6 +171,17 @@ def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
     p = probs.detach().double()
     onehot = F.one_hot(_labels_on(labels, p), k).double()
     return (p - onehot).pow(2).sum(1).mean().item()
+
+
+def brier_official(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """Brier score in the official MixMo code's convention: :func:`brier` divided by K.
+
+    ``mean_n mean_k (p_nk - onehot(y_n)_k)^2`` (mean over classes as well as
+    samples; range [0, 2 / K]). For comparing with the MixMo / MixShare
+    papers' Brier numbers.
+    """
+    _check_probs(probs)
+    return brier(probs, labels) / probs.shape[1]
 
 
 def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -239,25 +256,31 @@ def kl_diversity(logits: torch.Tensor) -> float:
 
 
 def ratio_of_errors(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """MixMo's ratio-of-errors diversity, averaged over unordered subnetwork pairs.
+    """MixMo's ratio-of-errors diversity, averaged over unordered subnetwork pairs (official convention).
 
-    For a pair (i, j): N00 = samples both get wrong, N01 + N10 = samples exactly
-    one of them gets wrong; the pair's ratio is ``(N01 + N10) / N00`` (higher is
-    more diverse). Convention: a pair with N00 = 0 has an undefined ratio and
-    gives nan (also when both are always right), and the mean over pairs is then
-    nan (no silent averaging over a subset). nan for M = 1 (no pair).
+    For a pair (i, j) of the M subnetworks on N samples: N00 = fraction of
+    samples both get wrong, N01 + N10 = fraction of samples exactly one of them
+    gets wrong. As in the official MixMo code (``ratio_errors`` in
+    ``mixmo/core/metrics_ensemble.py``), the pair's ratio is
+
+        (N01 + N10) / N00        if N00 > 0 (the same with counts or fractions)
+        2 * (N01 + N10)          if N00 = 0 (fractions: in [0, 2], 0.0 when both are always right)
+
+    higher is more diverse. The result is the mean over the M (M - 1) / 2 pairs.
+    Never nan: 0.0 for M = 1 (no pair; the subnetwork paired with itself has
+    N01 + N10 = 0, as :func:`disagreement` and :func:`kl_diversity` give 0.0).
     """
     _check_logits(logits)
     m, n, k = logits.shape
     _check_labels(labels, n, k)
     if m < 2:
-        return math.nan
+        return 0.0
     wrong = logits.detach().argmax(-1) != _labels_on(labels, logits).unsqueeze(0)  # [M, N]
     ratios = []
     for i, j in _pairs(m):
         n00 = int((wrong[i] & wrong[j]).sum())
         single = int((wrong[i] ^ wrong[j]).sum())
-        ratios.append(single / n00 if n00 > 0 else math.nan)
+        ratios.append(single / n00 if n00 > 0 else 2.0 * single / n)
     return sum(ratios) / len(ratios)
 
 
@@ -273,21 +296,26 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = 
     * ``ensemble_accuracy`` (%), ``subnetwork_accuracy`` (list of M %),
       ``mean_subnetwork_accuracy`` (%, the papers' "individual accuracy"),
     * ``nll`` (nats), ``ece`` (fraction), ``brier`` (sum over classes),
+      ``brier_official`` (``brier / K``, the official MixMo code's Brier),
     * ``disagreement`` (%), ``kl_diversity`` (nats), ``ratio_of_errors``
-      (for M = 1: 0.0, 0.0 and nan).
+      (official MixMo convention; all three 0.0 for M = 1).
+
+    For finite logits every value is a finite float (no nan): strict-JSON safe.
     """
     _check_logits(logits)
     _, n, k = logits.shape
     _check_labels(labels, n, k)
     probs = ensemble_probs(logits, ensemble)
     sub_acc = subnetwork_accuracy(logits, labels)
+    brier_score = brier(probs, labels)
     return {
         "ensemble_accuracy": accuracy(probs, labels),
         "subnetwork_accuracy": sub_acc,
         "mean_subnetwork_accuracy": sum(sub_acc) / len(sub_acc),
         "nll": nll(probs, labels),
         "ece": ece(probs, labels),
-        "brier": brier(probs, labels),
+        "brier": brier_score,
+        "brier_official": brier_score / k,
         "disagreement": disagreement(logits),
         "kl_diversity": kl_diversity(logits),
         "ratio_of_errors": ratio_of_errors(logits, labels),

@@ -18,7 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from mixshare.analysis import share_rate
+from mixshare.analysis import normalized_share_rate, share_rate
 
 __all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves"]
 
@@ -65,13 +65,17 @@ def plot_feature_profiles(profiles, path, title: str = "feature profiles"):
     subnetwork 0's alone when M = 1), so features of subnetwork 0 come first
     and those of subnetwork 1 last. Each subnetwork's bars are drawn
     translucent; the overlap (min over subnetworks) is drawn on top in orange.
-    The share rate (:func:`mixshare.analysis.share_rate`) goes in the title.
+    The title gives the share rate of the raw profiles
+    (:func:`mixshare.analysis.share_rate`, the paper's) and, as "normalised",
+    that of the drawn normalised profiles
+    (:func:`mixshare.analysis.normalized_share_rate`: the orange area over the
+    union of the bars).
     """
     h = _to_numpy(profiles)
     if h.ndim != 2 or h.shape[0] < 1 or h.shape[1] < 1:
         raise ValueError(f"profiles must be [M, F] with M, F >= 1, got shape {h.shape}")
     m, f = h.shape
-    rate = share_rate(h)
+    rate, rate_normalized = share_rate(h), normalized_share_rate(h)
     peak = h.max(axis=1, keepdims=True)
     norm = np.divide(h, peak, out=np.zeros_like(h), where=peak > 0)
     key = norm[0] - norm[1] if m > 1 else norm[0]
@@ -90,8 +94,10 @@ def plot_feature_profiles(profiles, path, title: str = "feature profiles"):
     ax.set_ylim(0.0, 1.2)  # headroom for the legend
     ax.set_xlabel("feature (sorted by normalised profile 0 - profile 1)" if m > 1 else "feature (sorted)")
     ax.set_ylabel("L1 norm / max")
-    rate_text = "nan" if math.isnan(rate) else f"{rate:.1f}%"
-    ax.set_title(f"{title} (share rate {rate_text})")
+    def percent(value):
+        return "nan" if math.isnan(value) else f"{value:.1f}%"
+
+    ax.set_title(f"{title} (share rate {percent(rate)}, normalised {percent(rate_normalized)})")
     ax.legend(loc="upper center", fontsize="small", ncol=min(m + 1, 4), frameon=False)
     fig.tight_layout()
     return _save(fig, path)

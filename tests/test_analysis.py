@@ -107,40 +107,121 @@ def test_disjoint_features_share_nothing():
     assert analysis.classifier_share_rate(model) == pytest.approx(0.0)
 
 
-def test_identical_and_colinear_features_share_everything():
+def test_identical_features_share_everything():
     torch.manual_seed(1)
     model = StandIn(num_subnets=3, features=8)
     with torch.no_grad():
         for enc in model.encoders[1:]:
             enc.weight.copy_(model.encoders[0].weight)
-        model.heads[1].weight.copy_(model.heads[0].weight)
-        model.heads[2].weight.copy_(-2.5 * model.heads[0].weight)  # colinear: same normalised profile
+        for head in model.heads[1:]:
+            head.weight.copy_(-model.heads[0].weight)  # the profile is an L1 norm: the sign does not count
     assert analysis.encoder_share_rate(model) == pytest.approx(100.0)
     assert analysis.classifier_share_rate(model) == pytest.approx(100.0)
+    rates = analysis.share_rates(model)
+    assert rates["encoder_share_rate_normalized"] == pytest.approx(100.0)
+    assert rates["classifier_share_rate_normalized"] == pytest.approx(100.0)
+
+
+def test_colinear_features_share_everything_only_when_normalised():
+    # heads 1 and 2 are heads 0 scaled by -2.5 and 1.5: the same profile up to scale.
+    # Literal rate: min over subnetworks is h0, max is 2.5 h0 -> 100 / 2.5 = 40%; normalised: 100%.
+    torch.manual_seed(1)
+    model = StandIn(num_subnets=3, features=8)
+    with torch.no_grad():
+        model.heads[1].weight.copy_(-2.5 * model.heads[0].weight)
+        model.heads[2].weight.copy_(1.5 * model.heads[0].weight)
+    assert analysis.classifier_share_rate(model) == pytest.approx(40.0, rel=1e-5)
+    rates = analysis.share_rates(model)
+    assert rates["classifier_share_rate"] == pytest.approx(40.0, rel=1e-5)
+    assert rates["classifier_share_rate_normalized"] == pytest.approx(100.0)
+
+
+def test_literal_share_rate_by_hand():
+    # MixShare section 2: sum_f min_i h_i(f) / sum_f max_i h_i(f) of the raw profiles.
+    # h0 = [1, 2, 0], h1 = [2, 1, 3]: min [1, 1, 0], max [2, 2, 3] -> 2 / 7
+    # (normalising each profile by its maximum first would give (5/6) / (8/3) = 31.25%).
+    assert analysis.share_rate(torch.tensor([[1.0, 2.0, 0.0], [2.0, 1.0, 3.0]])) == pytest.approx(200 / 7)
+    assert analysis.share_rate([[1.0, 2.0, 0.0], [2.0, 1.0, 3.0]]) == pytest.approx(200 / 7)  # lists too
+    # a common scale factor cancels
+    assert analysis.share_rate(torch.tensor([[10.0, 20.0, 0.0], [20.0, 10.0, 30.0]])) == pytest.approx(200 / 7)
+    # identical -> 100, disjoint -> 0, one profile 1.5x the other -> 1 / 1.5
+    assert analysis.share_rate(torch.tensor([[0.5, 2.0, 1.0]] * 2)) == pytest.approx(100.0)
+    assert analysis.share_rate(torch.tensor([[1.0, 0.0, 2.0], [0.0, 3.0, 0.0]])) == 0.0
+    assert analysis.share_rate(torch.tensor([[1.0, 2.0, 3.0], [1.5, 3.0, 4.5]])) == pytest.approx(200 / 3)
+
+
+def test_head_scaled_by_one_and_a_half_lowers_the_literal_rate_only():
+    torch.manual_seed(2)
+    model = StandIn(num_subnets=2, features=8)
+    with torch.no_grad():
+        model.heads[1].weight.copy_(model.heads[0].weight)
+    assert analysis.classifier_share_rate(model) == pytest.approx(100.0)
+    with torch.no_grad():
+        model.heads[1].weight.mul_(1.5)
+    assert analysis.classifier_share_rate(model) == pytest.approx(100 / 1.5, rel=1e-5)
+    assert analysis.share_rates(model)["classifier_share_rate"] == pytest.approx(100 / 1.5, rel=1e-5)
+    assert analysis.normalized_share_rate(analysis.classifier_profiles(model)) == pytest.approx(100.0)
+    assert analysis.share_rates(model)["classifier_share_rate_normalized"] == pytest.approx(100.0)
+
+
+def test_literal_share_rate_matches_bray_curtis():
+    # For M = 2, min = (a + b - |a - b|) / 2 and max = (a + b + |a - b|) / 2, so the rate is
+    # (1 - BC) / (1 + BC) with BC = sum|a - b| / sum(a + b), scipy's Bray-Curtis dissimilarity.
+    distance = pytest.importorskip("scipy.spatial.distance")
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(5):
+        h = torch.rand(2, 37, generator=gen, dtype=torch.float64) * torch.tensor([[1.0], [3.0]], dtype=torch.float64)
+        bc = distance.braycurtis(h[0].numpy(), h[1].numpy())
+        assert analysis.share_rate(h) == pytest.approx(100 * (1 - bc) / (1 + bc), rel=1e-12)
 
 
 def test_partial_sharing_by_hand():
     model = StandIn(num_subnets=2, features=4)
+    # literal: min [0, 2, 1, 0] (sum 3) / max [4, 2, 2, 2] (sum 10) -> 30%
     # normalised: [1, 0.5, 0.25, 0] and [0, 1, 1, 1]; sum of min 0.75, sum of max 4 -> 18.75%
     enc0 = [4.0, 2.0, 1.0, 0.0] + [0.0] * 12
     enc1 = [0.0, 2.0, 2.0, 2.0] + [0.0] * 12
     set_encoder_profiles(model, [enc0, enc1])
     set_head_profiles(model, [enc0[:4], enc1[:4]])
-    assert analysis.encoder_share_rate(model) == pytest.approx(18.75, rel=1e-5)
-    assert analysis.classifier_share_rate(model) == pytest.approx(18.75, rel=1e-5)
-    # three subnetworks: min [1, 0, 0] / max [1, 1, 1]
-    assert analysis.share_rate(torch.tensor([[1.0, 1, 0], [1, 0, 1], [1, 1, 1]])) == pytest.approx(100 / 3)
+    assert analysis.encoder_share_rate(model) == pytest.approx(30.0, rel=1e-5)
+    assert analysis.classifier_share_rate(model) == pytest.approx(30.0, rel=1e-5)
+    rates = analysis.share_rates(model)
+    assert rates["encoder_share_rate"] == pytest.approx(30.0, rel=1e-5)
+    assert rates["classifier_share_rate"] == pytest.approx(30.0, rel=1e-5)
+    assert rates["encoder_share_rate_normalized"] == pytest.approx(18.75, rel=1e-5)
+    assert rates["classifier_share_rate_normalized"] == pytest.approx(18.75, rel=1e-5)
+    # three subnetworks: min [1, 0, 0] / max [1, 1, 1], literal and normalised alike
+    three = torch.tensor([[1.0, 1, 0], [1, 0, 1], [1, 1, 1]])
+    assert analysis.share_rate(three) == pytest.approx(100 / 3)
+    assert analysis.normalized_share_rate(three) == pytest.approx(100 / 3)
+
+
+def test_normalized_share_rate_by_hand():
+    # h0 = [1, 2, 0] / 2 = [0.5, 1, 0], h1 = [2, 1, 3] / 3 = [2/3, 1/3, 1]:
+    # min [0.5, 1/3, 0] (sum 5/6), max [2/3, 1, 1] (sum 8/3) -> 31.25%
+    assert analysis.normalized_share_rate(torch.tensor([[1.0, 2.0, 0.0], [2.0, 1.0, 3.0]])) == pytest.approx(31.25)
+    assert analysis.normalized_share_rate(torch.tensor([[1.0, 2.0, 3.0], [1.5, 3.0, 4.5]])) == pytest.approx(100.0)
+    assert analysis.normalized_share_rate(torch.tensor([[1.0, 0.0], [0.0, 7.0]])) == 0.0
 
 
 def test_share_rate_edge_cases():
     assert analysis.share_rate(torch.tensor([[0.3, 0.0, 2.0]])) == 100.0  # M = 1
+    assert analysis.normalized_share_rate(torch.tensor([[0.3, 0.0, 2.0]])) == 100.0
     assert analysis.encoder_share_rate(StandIn(num_subnets=1)) == 100.0
-    assert math.isnan(analysis.share_rate(torch.tensor([[1.0, 2.0], [0.0, 0.0]])))  # all-zero profile
-    assert math.isnan(analysis.share_rate(torch.zeros(2, 3)))
-    with pytest.raises(ValueError, match="non-negative"):
-        analysis.share_rate(torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
-    with pytest.raises(ValueError, match=r"\[M, F\]"):
-        analysis.share_rate(torch.ones(4))
+    # one subnetwork uses no feature: it shares none (literal 0); it cannot be normalised (nan)
+    assert analysis.share_rate(torch.tensor([[1.0, 2.0], [0.0, 0.0]])) == 0.0
+    assert math.isnan(analysis.normalized_share_rate(torch.tensor([[1.0, 2.0], [0.0, 0.0]])))
+    # no subnetwork uses any feature: sum of max is 0 -> nan, for any M
+    for zeros in (torch.zeros(2, 3), torch.zeros(1, 3)):
+        assert math.isnan(analysis.share_rate(zeros))
+        assert math.isnan(analysis.normalized_share_rate(zeros))
+    for rate in (analysis.share_rate, analysis.normalized_share_rate):
+        with pytest.raises(ValueError, match="non-negative"):
+            rate(torch.tensor([[1.0, -1.0], [1.0, 1.0]]))
+        with pytest.raises(ValueError, match=r"\[M, F\]"):
+            rate(torch.ones(4))
+        with pytest.raises(ValueError, match="finite"):
+            rate(torch.tensor([[1.0, math.inf], [1.0, 1.0]]))
 
 
 def test_feature_sharing_report_is_json():
@@ -150,6 +231,8 @@ def test_feature_sharing_report_is_json():
     report = analysis.feature_sharing_report(model)
     assert set(report) >= {"encoder_share_rate", "classifier_share_rate", "encoder_profiles", "classifier_profiles"}
     assert report["encoder_share_rate"] == pytest.approx(100.0)
+    for key, value in analysis.share_rates(model).items():
+        assert report[key] == value
     assert len(report["encoder_profiles"]) == 2 and len(report["encoder_profiles"][0]) == 16
     assert len(report["classifier_profiles"][1]) == 4
     assert report["encoder_profiles"][0][:4] == pytest.approx([4.0, 2.0, 1.0, 0.0], abs=1e-5)

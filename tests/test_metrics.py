@@ -82,6 +82,17 @@ def test_brier_by_hand():
     assert metrics.brier(torch.eye(2), torch.tensor([1, 0])) == pytest.approx(2.0)  # worst case
 
 
+def test_brier_official_is_brier_over_classes():
+    # the official MixMo code: mean over samples AND classes of (p - onehot)^2 = brier / K
+    expected = (0.14 + 0.06 + 0.74 + 0.875) / 4 / 3
+    assert metrics.brier_official(PROBS, PROB_LABELS) == pytest.approx(expected, rel=1e-12)
+    assert metrics.brier_official(torch.eye(2), torch.tensor([1, 0])) == pytest.approx(1.0)  # worst case 2 / K
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    onehot = torch.nn.functional.one_hot(PROB_LABELS, 3).double()
+    assert metrics.brier_official(PROBS, PROB_LABELS) == pytest.approx(
+        sklearn_metrics.mean_squared_error(onehot.numpy(), PROBS.numpy()), rel=1e-12)
+
+
 def test_ece_by_hand_15_bins():
     probs = torch.tensor(
         [
@@ -157,19 +168,69 @@ def test_ratio_of_errors_by_hand():
     assert metrics.ratio_of_errors(LOGITS[[0, 1, 0]], LABELS) == pytest.approx(4 / 3)
 
 
-def test_ratio_of_errors_undefined_without_shared_errors():
-    # labels [0, 1, 2, 2]: subnetwork 0 wrong on sample 3 only, subnetwork 1 on samples 1, 2 -> N00 = 0
-    assert math.isnan(metrics.ratio_of_errors(LOGITS, torch.tensor([0, 1, 2, 2])))
-    # both always right: 0 / 0
-    assert math.isnan(metrics.ratio_of_errors(LOGITS[[0, 0]], torch.tensor([0, 1, 2, 0])))
-    assert math.isnan(metrics.ratio_of_errors(LOGITS[:1], LABELS))  # M = 1: no pair
+def one_hot_logits(predictions, k):
+    """[M, N, K] logits whose argmax is ``predictions[i][n]``."""
+    return 3.0 * torch.nn.functional.one_hot(torch.tensor(predictions), k).double()
+
+
+def test_ratio_of_errors_without_shared_errors_is_the_official_fallback():
+    # labels [0, 1, 2, 2]: subnetwork 0 wrong on sample 3 only, subnetwork 1 on samples 1, 2 -> N00 = 0;
+    # exactly one wrong on 3 of 4 samples: official ratio 2 * (N01 + N10) with fractions = 2 * 3/4
+    assert metrics.ratio_of_errors(LOGITS, torch.tensor([0, 1, 2, 2])) == pytest.approx(1.5)
+    # the fallback uses fractions of N: four more samples both get right halve it
+    logits = torch.cat([LOGITS, LOGITS[:, :1].expand(2, 4, 3)], dim=1)
+    assert metrics.ratio_of_errors(logits, torch.tensor([0, 1, 2, 2, 0, 0, 0, 0])) == pytest.approx(0.75)
+    # both always right: 2 * 0 = 0.0
+    assert metrics.ratio_of_errors(LOGITS[[0, 0]], torch.tensor([0, 1, 2, 0])) == 0.0
+    # subnetwork 0 always right, subnetwork 1 wrong on samples 1, 2, 3: 2 * 3/4, never nan
+    assert metrics.ratio_of_errors(LOGITS[[0, 1]], torch.tensor([0, 1, 2, 0])) == pytest.approx(1.5)
+
+
+def test_ratio_of_errors_three_subnetworks_mixes_both_cases():
+    # labels all 0; wrong: subnetwork 0 on {0, 1}, subnetwork 1 on {1, 2}, subnetwork 2 on {3}
+    preds = [[1, 1, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 1, 0]]
+    logits = one_hot_logits(preds, 2)
+    labels = torch.zeros(5, dtype=torch.long)
+    # (0, 1): N00 = 1/5, N01 + N10 = 2/5 -> 2; (0, 2) and (1, 2): N00 = 0, 3/5 one wrong -> 2 * 3/5 = 1.2
+    assert metrics.ratio_of_errors(logits, labels) == pytest.approx((2 + 1.2 + 1.2) / 3)
+    assert metrics.ratio_of_errors(logits[[0, 1]], labels) == pytest.approx(2.0)
+    assert metrics.ratio_of_errors(logits[[1, 2]], labels) == pytest.approx(1.2)
+
+
+def official_pair_ratio(y, pred1, pred2):
+    """The official formula from a confusion matrix of the two subnetworks' correctness (scikit-learn)."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    right1, right2 = (pred1 == y).numpy(), (pred2 == y).numpy()
+    (n00, n01), (n10, _) = sklearn_metrics.confusion_matrix(right1, right2, labels=[False, True]) / len(y)
+    return 2 * (n01 + n10) if n00 == 0 else (n01 + n10) / n00
+
+
+def test_ratio_of_errors_matches_pairwise_confusion_matrices():
+    gen = torch.Generator().manual_seed(4)
+    for m, n, k in [(4, 30, 3), (3, 7, 10), (2, 5, 2)]:
+        logits = torch.randn(m, n, k, generator=gen)
+        labels = torch.randint(0, k, (n,), generator=gen)
+        pred = logits.argmax(-1)
+        pairs = [(i, j) for i in range(m) for j in range(i + 1, m)]
+        expected = sum(official_pair_ratio(labels, pred[i], pred[j]) for i, j in pairs) / len(pairs)
+        assert metrics.ratio_of_errors(logits, labels) == pytest.approx(expected, rel=1e-12)
+    # a case with N00 = 0 for every pair goes through the fallback
+    logits = one_hot_logits([[0, 1, 1], [1, 0, 1], [1, 1, 0]], 2)
+    labels = torch.tensor([1, 1, 1])
+    expected = official_pair_ratio(labels, logits[0].argmax(-1), logits[1].argmax(-1))
+    assert expected == pytest.approx(2 * 2 / 3)
+    assert metrics.ratio_of_errors(logits, labels) == pytest.approx(expected)
+
+
+def test_ratio_of_errors_single_subnetwork_is_zero():
+    assert metrics.ratio_of_errors(LOGITS[:1], LABELS) == 0.0  # M = 1: no pair, documented as 0.0
 
 
 def test_evaluate_logits_keys_values_and_json():
     result = metrics.evaluate_logits(LOGITS, LABELS)
     assert set(result) == {
         "ensemble_accuracy", "subnetwork_accuracy", "mean_subnetwork_accuracy", "nll", "ece", "brier",
-        "disagreement", "kl_diversity", "ratio_of_errors",
+        "brier_official", "disagreement", "kl_diversity", "ratio_of_errors",
     }
     probs = metrics.ensemble_probs(LOGITS, "logits")
     assert result["ensemble_accuracy"] == pytest.approx(50.0)
@@ -178,6 +239,7 @@ def test_evaluate_logits_keys_values_and_json():
     assert result["nll"] == pytest.approx(metrics.nll(probs, LABELS))
     assert result["ece"] == pytest.approx(metrics.ece(probs, LABELS))
     assert result["brier"] == pytest.approx(metrics.brier(probs, LABELS))
+    assert result["brier_official"] == pytest.approx(result["brier"] / 3, rel=1e-12)
     assert result["disagreement"] == pytest.approx(75.0)
     assert result["ratio_of_errors"] == pytest.approx(2.0)
     for key, value in result.items():
@@ -185,7 +247,7 @@ def test_evaluate_logits_keys_values_and_json():
             assert isinstance(value, list) and all(type(v) is float for v in value)
         else:
             assert type(value) is float, key
-    assert json.loads(json.dumps(result)) == result
+    assert json.loads(json.dumps(result, allow_nan=False)) == result
 
     by_probs = metrics.evaluate_logits(LOGITS, LABELS, ensemble="probs")
     assert by_probs["nll"] == pytest.approx(metrics.nll(metrics.ensemble_probs(LOGITS, "probs"), LABELS))
@@ -196,8 +258,9 @@ def test_evaluate_logits_single_subnetwork():
     assert result["subnetwork_accuracy"] == pytest.approx([50.0])
     assert result["ensemble_accuracy"] == pytest.approx(50.0)
     assert result["disagreement"] == 0.0 and result["kl_diversity"] == 0.0
-    assert math.isnan(result["ratio_of_errors"])
-    json.dumps(result)  # NaN is written as NaN
+    assert result["ratio_of_errors"] == 0.0
+    assert result["brier_official"] == pytest.approx(result["brier"] / 3, rel=1e-12)
+    json.dumps(result, allow_nan=False)  # strict JSON: no NaN
 
 
 def test_low_precision_logits():
