@@ -40,7 +40,7 @@ def _wants_vit(args, file_values: dict, set_values: dict) -> bool:
 
 
 def build_config(args, method=None, seed=None) -> cfg.Config:
-    """defaults <- method preset <- --config file <- flags <- --set.
+    """The run's config from the command line (the merge order: :func:`mixshare.config.merge`).
 
     Without a method (argument, --method or the file's), a ViT model gets
     ``mixvit`` and any other model ``mixshare-fadeout``.
@@ -49,18 +49,13 @@ def build_config(args, method=None, seed=None) -> cfg.Config:
     set_values = cfg.parse_set(args.set)
     default = DEFAULT_VIT_METHOD if _wants_vit(args, file_values, set_values) else cfg.Config.method
     method = method or getattr(args, "method", None) or file_values.get("method") or default
-    config = cfg.apply(cfg.Config(), preset(method), f"preset {method}")
-    config = cfg.apply(config, {k: v for k, v in file_values.items() if k != "method"}, args.config or "")
     flags = {
         "dataset": args.dataset, "data_dir": args.data_dir, "model": args.model, "epochs": args.epochs,
         "batch_size": args.batch_size, "device": args.device, "seed": seed if seed is not None else getattr(args, "seed", None),
+        "progress": False if args.no_progress else None,
     }
-    config = cfg.apply(config, {k: v for k, v in flags.items() if v is not None}, "the command line")
-    if args.no_progress:
-        config = cfg.apply(config, {"progress": False}, "--no-progress")
-    config = cfg.apply(config, set_values, "--set")
-    cfg.validate(config)
-    return config
+    return cfg.merge(preset(method), {k: v for k, v in file_values.items() if k != "method"}, flags, set_values,
+                     preset_name=f"preset {method}", file_name=args.config or "the config file")
 
 
 def cmd_train(args) -> int:

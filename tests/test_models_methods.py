@@ -252,3 +252,37 @@ def test_config_layers_and_errors(tmp_path):
         cfg.validate(cfg.apply(config, {"mixing": "mixup"}, ""))
     with pytest.raises(cfg.ConfigError, match="unmixing needs CutMix"):
         cfg.validate(cfg.apply(config, {"unmix": True, "mixing": "cut", "cut_prob": 0.5}, ""))
+
+
+def _merged(preset_name="cut-mixmo", file_values=None, flags=None, set_values=None) -> cfg.Config:
+    return cfg.merge(methods.preset(preset_name), file_values or {}, flags or {}, set_values or {})
+
+
+def test_merge_order_defaults_preset_dataset_file_flags_set():
+    # each later layer wins over every earlier one
+    config = _merged("cut-mixmo", {"epochs": 5, "lr": 0.3, "model": "wrn-16-2"}, {"epochs": 6, "seed": None},
+                     {"lr": 0.4})
+    assert (config.loss_root, config.model, config.epochs, config.seed, config.lr) == (3.0, "wrn-16-2", 6, 0, 0.4)
+    assert _merged("cut-mixmo", {"cut_prob": 0.25}).cut_prob == 0.25  # the file overrides the preset
+    with pytest.raises(cfg.ConfigError, match="cut_prob must be in"):
+        _merged(set_values={"cut_prob": 2})
+
+
+@pytest.mark.parametrize("name", sorted(methods.PRESETS))
+def test_digits_defaults_replace_the_cifar_schedule_for_sgd_only(name):
+    digits = _merged(name)
+    assert digits.dataset == "digits"
+    assert (digits.lr_value(), digits.lr_milestones, digits.warmup_epochs) == (0.1, (0.5, 0.75), 0.5)
+    # the paper recipe everywhere else: lr 0.1 / b * batch / 128, decays at 25/50/75%, one epoch of warmup
+    cifar = _merged(name, flags={"dataset": "cifar100"})
+    b = cifar.batch_repetition
+    assert (cifar.lr_value(), cifar.lr_milestones, cifar.warmup_epochs) == (0.1 / b * 64 / 128, (0.25, 0.5, 0.75), 1.0)
+    # the file, the flags and --set still override them
+    assert _merged(name, {"lr": 0.02}).lr == 0.02
+    assert _merged(name, set_values={"warmup_epochs": 2, "lr_milestones": "[0.3]"}).warmup_epochs == 2.0
+    assert _merged(name, {"dataset": "cifar10"}, {"dataset": "digits"}).lr == 0.1  # the final dataset decides
+
+
+def test_digits_defaults_leave_the_vit_recipe_alone():
+    config = cfg.merge(methods.preset("mixvit"), {}, {"model": "vit-3-32"}, {})
+    assert (config.dataset, config.optimizer, config.lr_value(), config.warmup_epochs) == ("digits", "adamw", 1e-3, 5.0)
