@@ -93,12 +93,13 @@ def _dataset_for(config, data_dir, device):
 
 def cmd_eval(args) -> int:
     from mixshare import analysis
-    from mixshare.evaluate import evaluate_model
+    from mixshare.evaluate import best_test_epoch, evaluate_model
 
-    model, config, _, device = _model_from_checkpoint(args.checkpoint, args.device)
+    model, config, state, device = _model_from_checkpoint(args.checkpoint, args.device)
     dataset = _dataset_for(config, args.data_dir, device)
     report = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
     report.update(analysis.share_rates(model))
+    report.update(best_test_epoch(list(state.get("history", []))))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -115,6 +115,9 @@ def test_cli_train_eval_analyze_compare(tmp_path, capsys):
     assert cli.main(["eval", str(out / "checkpoint.pt")]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert "ensemble_accuracy" in evaluated
+    history = json.loads((out / "metrics.json").read_text())
+    assert (evaluated["best_test_epoch"], evaluated["best_test_accuracy"]) == (
+        history["best_test_epoch"], history["best_test_accuracy"])
     assert cli.main(["analyze", str(out / "checkpoint.pt"), "--out", str(tmp_path / "analysis"), "--num-images", "8"]) == 0
     assert (tmp_path / "analysis" / "analysis.json").exists()
     assert (tmp_path / "analysis" / "classifier_profiles.png").exists()
