@@ -3,16 +3,27 @@
 #     make demo    # the main job: single vs Cut-MixMo vs MixShare on the embedded digits
 #     make test    # the test suite (what .ci/run runs)
 #     make bench   # the benchmark report (benchmarks/README.md)
+#     make gpu-check   # the GPU check's dry run on CPU (benchmarks/gpu_check.sh)
 #
-# It creates .venv (seeing the system's packages, so an existing torch, e.g. a
-# CUDA build on a GPU machine, is reused), installs torch only if none is
-# importable (torch==2.13.0: a CPU wheel on the CPU machines), the other
-# dependencies, builds the C++ (and, with a GPU, CUDA) extension in place and
-# runs pytest.
+# The Python environment: $(PYTHON)'s own when it already is a virtual
+# environment (e.g. a GPU machine's, with its CUDA torch), else .venv, created
+# seeing the system's packages. torch is installed only if none is importable
+# (torch==2.13.0: a CPU wheel on the CPU machines), then the other requirements;
+# then the C++ (and,
+# with a GPU, CUDA) extension is built in place and pytest runs. pip fetches
+# nothing for requirements already satisfied.
 
 PYTHON ?= python3
 VENV ?= .venv
+IN_VENV := $(shell $(PYTHON) -c "import sys; print(int(sys.prefix != sys.base_prefix))" 2>/dev/null)
+ifeq ($(IN_VENV),1)
+PY := $(shell $(PYTHON) -c "import sys; print(sys.executable)")
+STAMPS := build/make
+else
 PY := $(VENV)/bin/python
+STAMPS := $(VENV)
+endif
+BIN := $(dir $(PY))
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
@@ -26,21 +37,21 @@ DEMO_SEEDS ?= 0
 DEMO_ARGS ?= --dataset digits --model wrn-10-1 --epochs 15 --seeds $(DEMO_SEEDS) --no-progress \
 	--set batch_repetition=1 batch_size=32
 
-.PHONY: setup build test test-fast demo bench clean
+.PHONY: setup build test test-fast demo bench gpu-check clean
 
-$(VENV)/.deps: requirements-dev.txt
+$(STAMPS)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
 	$(PY) -m pip install -r requirements-dev.txt
-	touch $@
+	mkdir -p $(STAMPS) && touch $@
 
-$(VENV)/.installed: $(VENV)/.deps setup.py pyproject.toml
-	$(PY) -m pip install --no-build-isolation -e .
+$(STAMPS)/.installed: $(STAMPS)/.deps setup.py pyproject.toml
+	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $@
 
 # The editable install builds the extension; rebuild in place (incrementally,
 # with ninja) only when a source is newer than the built library.
-mixshare_ops/_C.so: $(VENV)/.installed $(CSRC)
+mixshare_ops/_C.so: $(STAMPS)/.installed $(CSRC)
 	if [ ! -f $@ ] || [ -n "$$(find $(CSRC) -newer $@)" ]; then $(PY) setup.py -q build_ext --inplace; fi
 	touch $@
 
@@ -56,13 +67,19 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: setup
-	$(VENV)/bin/mixshare compare --methods single cut-mixmo unmix-align mixshare-fadeout --out $(DEMO_OUT) $(DEMO_ARGS)
+	$(BIN)mixshare compare --methods single cut-mixmo unmix-align mixshare-fadeout --out $(DEMO_OUT) $(DEMO_ARGS)
 	@echo "plots and metrics: $(DEMO_OUT)/<method>/seed<k>/; table: $(DEMO_OUT)/compare.md"
 
 # The benchmark report (CPU providers and shapes on a CPU machine).
 BENCH_OUT ?= benchmarks/results/latest
 bench: setup
 	$(PY) -m benchmarks.report --out $(BENCH_OUT)
+
+# The GPU check's logic on CPU (what CI tests); on a GPU machine run
+# `bash benchmarks/gpu_check.sh` itself, with that machine's python3.
+GPU_CHECK_OUT ?= build/gpu-check
+gpu-check: setup
+	rm -rf $(GPU_CHECK_OUT) && DRY_RUN=1 PY=$(PY) OUT=$(GPU_CHECK_OUT) bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build mixshare_ops/_C*.so *.egg-info

@@ -1,11 +1,16 @@
 """Benchmark cases: ops, shapes, providers and the bytes each call must move.
 
-A case is one (op, shape, dtype, provider) on one device. ``Case.call(mode)``
-gives the function to time for ``mode`` in ``fwd`` (forward with autograd
-recording, as in training), ``bwd`` (backward of a recorded forward) and
-``fwd+bwd``; ``Case.bytes(mode)`` is the fewest bytes that call must move
-through memory (each input read once, each output written once), the
-numerator of the GB/s column.
+A case is one (op, shape, dtype, provider, layout, M) on one device. The
+layout is the memory layout of the feature maps: ``channels_first`` (NCHW
+contiguous) or ``channels_last`` (as GPU training runs; for ``box_mix`` each
+of the M stacked inputs, as ``torch.stack`` of channels_last maps gives). M
+is the number of inputs ``box_mix`` mixes (2, and MixMo's M = 3 at some
+shapes); the unmixing ops split into M = 2. ``cutmix_mask`` has neither
+(both None). ``Case.call(mode)`` gives the function to time for ``mode`` in
+``fwd`` (forward with autograd recording, as in training), ``bwd`` (backward
+of a recorded forward) and ``fwd+bwd``; ``Case.bytes(mode)`` is the fewest
+bytes that call must move through memory (each input read once, each output
+written once), the numerator of the GB/s column.
 
 Providers: ``eager`` (the plain PyTorch reference, :mod:`mixshare_ops.reference`),
 ``compile`` (``torch.compile`` of the same reference function), and the
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 
@@ -29,6 +34,7 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 PROVIDERS = ("eager", "compile", "triton", "cuda", "cpu")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 NUM_SUBNETS = 2
+LAYOUTS = ("channels_first", "channels_last")
 FADE_RATIO = 0.5  # unmixing halfway through MixShare's fadeout
 
 
@@ -45,6 +51,8 @@ class Shape:
     ops: tuple[str, ...]
     cifar: bool = False  # a CIFAR WRN shape (the 4x-eager target)
     bandwidth_bound: bool = False  # large enough to be limited by memory bandwidth
+    layouts: tuple[str, ...] = LAYOUTS  # feature-map memory layouts run at this shape
+    mix_subnets: tuple[int, ...] = (NUM_SUBNETS,)  # the M values box_mix runs at this shape
 
     @property
     def label(self) -> str:
@@ -56,14 +64,20 @@ UNMIX = ("cutmix_unmix", "cutmix_unmix_pool")
 ALL = MIX + UNMIX
 
 
+M3 = (2, 3)  # box_mix at M = 2 and MixMo's M = 3
+
+
 def cuda_shapes() -> list[Shape]:
     """Launch-bound to bandwidth-bound: CIFAR mixing, WRN final maps, ImageNet stem, ViT grid."""
-    shapes = [Shape(f"cifar-mix B={b}", b, 16, 32, 32, (32, 32), MIX, cifar=True) for b in (64, 128, 256, 512)]
+    shapes = [
+        Shape(f"cifar-mix B={b}", b, 16, 32, 32, (32, 32), MIX, cifar=True, mix_subnets=M3 if b == 128 else (2,))
+        for b in (64, 128, 256, 512)
+    ]
     shapes += [
         Shape("wrn28-2-final", 128, 128, 8, 8, (32, 32), UNMIX, cifar=True),
         Shape("wrn28-10-final", 128, 640, 8, 8, (32, 32), UNMIX, cifar=True),
-        Shape("imagenet-stem", 256, 64, 112, 112, (112, 112), ALL, bandwidth_bound=True),
-        Shape("vit-grid", 256, 384, 14, 14, (14, 14), ALL, bandwidth_bound=True),
+        Shape("imagenet-stem", 256, 64, 112, 112, (112, 112), ALL, bandwidth_bound=True, mix_subnets=M3),
+        Shape("vit-grid", 256, 384, 14, 14, (14, 14), ALL, bandwidth_bound=True, mix_subnets=M3),
     ]
     return shapes
 
@@ -72,18 +86,21 @@ def cpu_shapes() -> list[Shape]:
     """The same families at sizes two CPU cores get through in seconds."""
     return [
         Shape("cifar-mix B=64", 64, 16, 32, 32, (32, 32), MIX, cifar=True),
-        Shape("cifar-mix B=128", 128, 16, 32, 32, (32, 32), MIX, cifar=True),
+        Shape("cifar-mix B=128", 128, 16, 32, 32, (32, 32), MIX, cifar=True, mix_subnets=M3),
         Shape("wrn28-2-final", 128, 128, 8, 8, (32, 32), UNMIX, cifar=True),
         Shape("wrn28-10-final", 128, 640, 8, 8, (32, 32), UNMIX, cifar=True),
-        Shape("imagenet-stem B=8", 8, 64, 112, 112, (112, 112), ALL, bandwidth_bound=True),
-        Shape("vit-grid B=32", 32, 384, 14, 14, (14, 14), ALL, bandwidth_bound=True),
+        Shape("imagenet-stem B=8", 8, 64, 112, 112, (112, 112), ALL, bandwidth_bound=True, mix_subnets=M3),
+        Shape("vit-grid B=32", 32, 384, 14, 14, (14, 14), ALL, bandwidth_bound=True, mix_subnets=M3),
     ]
 
 
 def quick_shapes() -> list[Shape]:
-    """Tiny shapes for the smoke run in the test suite."""
+    """Tiny shapes for the smoke run in the test suite: every op in both layouts, and box_mix at M = 3
+    in channels_last only (each case costs the smoke run a few torch.compile calls)."""
     return [
         Shape("cifar-mix B=4", 4, 16, 32, 32, (32, 32), MIX, cifar=True),
+        Shape("cifar-mix B=4", 4, 16, 32, 32, (32, 32), ("box_mix",), cifar=True, layouts=("channels_last",),
+              mix_subnets=(3,)),
         Shape("wrn-final B=4", 4, 32, 8, 8, (32, 32), UNMIX, cifar=True),
     ]
 
@@ -175,6 +192,8 @@ class Case:
     grad_input: Optional[torch.Tensor]
     read_bytes: int  # forward: inputs read
     write_bytes: int  # forward: outputs written
+    layout: Optional[str] = "channels_first"  # feature maps' memory layout; None for the mask
+    subnets: Optional[int] = NUM_SUBNETS  # M; None for the mask
 
     def bytes(self, mode: str) -> int:
         """Fewest bytes moved: the backward reads the output's gradient and writes the input's."""
@@ -218,13 +237,46 @@ def _boxes(batch: int, grid: tuple[int, int], device: torch.device, generator: t
     return boxes
 
 
-def make_case(op: str, shape: Shape, dtype_name: str, provider: str, device: torch.device, seed: int = 0) -> Case:
-    """Fresh random inputs (never zeros) for one case on ``device``."""
+def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
+    """``t`` [..., C, H, W] with the same values, each [C, H, W] slice in ``layout``.
+
+    A channels_last [M, B, C, H, W] stack has the strides of ``torch.stack`` of M
+    channels_last [B, C, H, W] maps (the subnetworks' encodings in training).
+    """
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
+    if layout == "channels_first":
+        return t.contiguous()
+    lead = list(range(t.dim() - 3))
+    c, h, w = t.dim() - 3, t.dim() - 2, t.dim() - 1
+    return t.permute(lead + [h, w, c]).contiguous().permute(lead + [t.dim() - 1, t.dim() - 3, t.dim() - 2])
+
+
+def mixmo_weights(lam: torch.Tensor, owner: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut-MixMo's box_mix weights [B, M] (``mixshare.methods.mixing_plan``): input
+    ``owner`` fills the box; outside it the other inputs mix linearly by their
+    ratios ``lam`` (M > 2), or the other input alone (M = 2)."""
+    m = lam.shape[1]
+    onehot = torch.zeros(m, device=lam.device)
+    onehot[owner] = 1.0
+    others = lam * (1 - onehot)
+    outside = others / others.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return onehot.expand_as(lam).contiguous(), outside.contiguous()
+
+
+def make_case(op: str, shape: Shape, dtype_name: str, provider: str, device: torch.device, seed: int = 0,
+              *, layout: str = "channels_first", subnets: int = NUM_SUBNETS) -> Case:
+    """Fresh random inputs (never zeros) for one case on ``device``.
+
+    ``layout`` is the feature maps' memory layout (the same values in either);
+    ``subnets`` the M of ``box_mix`` (the unmixing ops split into M = 2).
+    ``cutmix_mask`` has neither: its case has layout and subnets None.
+    """
     generator = torch.Generator(device).manual_seed(seed)
     dtype = DTYPES[dtype_name]
     item = torch.empty((), dtype=dtype).element_size()
     fn = provider_fn(op, provider)
-    b, c, h, w, m = shape.batch, shape.channels, shape.height, shape.width, NUM_SUBNETS
+    b, c, h, w = shape.batch, shape.channels, shape.height, shape.width
 
     if op == "cutmix_mask":
         gh, gw = shape.grid
@@ -233,37 +285,82 @@ def make_case(op: str, shape: Shape, dtype_name: str, provider: str, device: tor
         return Case(
             op, shape, dtype_name, provider, device,
             lambda: fn(lam, center, gh, gw, dtype), None,
-            read_bytes=b * 3 * 4, write_bytes=b * gh * gw * item,
+            read_bytes=b * 3 * 4, write_bytes=b * gh * gw * item, layout=None, subnets=None,
         )
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
     numel = b * c * h * w
     if op == "box_mix":
-        x = torch.randn(m, b, c, h, w, generator=generator, device=device).to(dtype).requires_grad_()
+        m = subnets
+        x = torch.randn(m, b, c, h, w, generator=generator, device=device).to(dtype)
+        x = to_layout(x, layout).detach().requires_grad_()
         boxes = _boxes(b, (h, w), device, generator)
-        eye = torch.eye(m, device=device)
-        inside, outside = eye[0].expand(b, m).contiguous(), eye[1].expand(b, m).contiguous()
+        lam = torch._sample_dirichlet(torch.full((b, m), 2.0, device=device), generator=generator)
+        inside, outside = mixmo_weights(lam)
         return Case(
             op, shape, dtype_name, provider, device,
             lambda: fn(x, boxes, inside, outside, float(m)), x,
-            read_bytes=m * numel * item, write_bytes=numel * item,
+            read_bytes=m * numel * item, write_bytes=numel * item, layout=layout, subnets=m,
         )
 
-    features = torch.randn(b, c, h, w, generator=generator, device=device).to(dtype).requires_grad_()
+    if subnets != NUM_SUBNETS:
+        raise ValueError(f"{op} cases split into M = {NUM_SUBNETS}, not {subnets}")
+    m = NUM_SUBNETS
+    features = torch.randn(b, c, h, w, generator=generator, device=device).to(dtype)
+    features = to_layout(features, layout).detach().requires_grad_()
     boxes = _boxes(b, shape.grid, device, generator)
     out_numel = m * numel if op == "cutmix_unmix" else m * b * c
     return Case(
         op, shape, dtype_name, provider, device,
         lambda: fn(features, boxes, shape.grid), features,
-        read_bytes=numel * item, write_bytes=out_numel * item,
+        read_bytes=numel * item, write_bytes=out_numel * item, layout=layout, subnets=m,
     )
 
 
-def iter_cases(shapes, dtypes, providers, ops=OPS):
-    """(op, shape, dtype name, provider) in report order."""
+class Spec(NamedTuple):
+    """One benchmark case's coordinates; ``make(device)`` builds its :class:`Case`."""
+
+    op: str
+    shape: Shape
+    dtype_name: str
+    provider: str
+    layout: Optional[str]
+    subnets: Optional[int]
+
+    def make(self, device: torch.device, seed: int = 0) -> Case:
+        return make_case(self.op, self.shape, self.dtype_name, self.provider, device, seed,
+                         layout=self.layout or "channels_first", subnets=self.subnets or NUM_SUBNETS)
+
+    @property
+    def id(self) -> str:
+        names = [self.op, self.shape.name, self.dtype_name, self.provider]
+        return "-".join(names + variant_names(self.layout, self.subnets))
+
+
+def variant_names(layout: Optional[str], subnets: Optional[int]) -> list[str]:
+    """The layout, and M where it is not 2: what tells apart cases at one shape."""
+    names = [layout] if layout else []
+    if subnets is not None and subnets != NUM_SUBNETS:
+        names.append(f"M={subnets}")
+    return names
+
+
+def variants_for(op: str, shape: Shape, layouts=LAYOUTS) -> list[tuple[Optional[str], Optional[int]]]:
+    """(layout, M) pairs of ``op`` at ``shape``: none for the mask, which has no feature map."""
+    if op == "cutmix_mask":
+        return [(None, None)]
+    subnets = shape.mix_subnets if op == "box_mix" else (NUM_SUBNETS,)
+    return [(layout, m) for m in subnets for layout in shape.layouts if layout in layouts]
+
+
+def iter_cases(shapes, dtypes, providers, ops=OPS, layouts=LAYOUTS):
+    """Every :class:`Spec` in report order: op, shape, M, layout, dtype, provider."""
     for op in ops:
         for shape in shapes:
             if op not in shape.ops:
                 continue
-            for dtype_name in dtypes:
-                for provider in providers:
-                    yield op, shape, dtype_name, provider
+            for layout, subnets in variants_for(op, shape, layouts):
+                for dtype_name in dtypes:
+                    for provider in providers:
+                        yield Spec(op, shape, dtype_name, provider, layout, subnets)

@@ -26,6 +26,8 @@ def _cell(row) -> str:
         return "—"
     if "error" in row:
         return "error"
+    if "skipped" in row:
+        return "skipped"
     return f"{_time(row['median_ms'])} ±{100 * row['spread'] / 2:.0f}%"
 
 
@@ -42,6 +44,23 @@ def _bytes(n) -> str:
     return f"{n} B"
 
 
+def _shape(row) -> str:
+    """The shape label, with M where it is not 2."""
+    m = row.get("subnets")
+    return row["dims"] + (f" M={m}" if m is not None and m != cases.NUM_SUBNETS else "")
+
+
+def _layout(row) -> str:
+    if "layout" not in row and row["op"] != "cutmix_mask":  # results from before layouts were measured
+        return "channels_first"
+    return row.get("layout") or "—"
+
+
+def _key(row) -> tuple:
+    """What tells apart the rows of one (op, mode) at one provider."""
+    return row["dims"], row.get("layout"), row.get("subnets"), row["dtype"]
+
+
 def op_tables(rows: list[dict], providers: list[str]) -> list[str]:
     parts = []
     fused = [p for p in providers if p in FUSED]
@@ -50,15 +69,17 @@ def op_tables(rows: list[dict], providers: list[str]) -> list[str]:
             sel = [r for r in rows if r["op"] == op and r["mode"] == mode]
             if not sel:
                 continue
-            keys = list(dict.fromkeys((r["dims"], r["dtype"]) for r in sel))
-            header = ["shape", "dtype", "MB moved"] + providers
+            keys = list(dict.fromkeys(_key(r) for r in sel))
+            header = ["shape", "layout", "dtype", "MB moved"] + providers
             for p in fused:
                 header += [f"{p} GB/s (% copy)", f"{p} x eager", f"{p} x compile"]
             lines = []
-            for dims, dtype in keys:
-                by = {r["provider"]: r for r in sel if r["dims"] == dims and r["dtype"] == dtype}
+            for key in keys:
+                by = {r["provider"]: r for r in sel if _key(r) == key}
                 any_row = next(iter(by.values()))
-                line = [dims, dtype, f"{any_row['bytes'] / 1e6:.2f}"] + [_cell(by.get(p)) for p in providers]
+                moved = next((r["bytes"] for r in by.values() if "bytes" in r), None)  # none if all were skipped
+                line = [_shape(any_row), _layout(any_row), any_row["dtype"], "—" if moved is None else f"{moved / 1e6:.2f}"]
+                line += [_cell(by.get(p)) for p in providers]
                 for p in fused:
                     r = by.get(p)
                     if r is None or "median_ms" not in r:
@@ -74,12 +95,13 @@ def op_tables(rows: list[dict], providers: list[str]) -> list[str]:
 def memory_table(rows: list[dict], providers: list[str]) -> str:
     """Bytes saved for backward (per forward) and peak memory of forward+backward."""
     sel = [r for r in rows if r["mode"] == "fwd+bwd"]
-    keys = list(dict.fromkeys((r["op"], r["dims"], r["dtype"]) for r in sel))
-    header = ["op", "shape", "dtype"] + [f"{p} saved" for p in providers] + [f"{p} peak" for p in providers]
+    keys = list(dict.fromkeys((r["op"],) + _key(r) for r in sel))
+    header = ["op", "shape", "layout", "dtype"] + [f"{p} saved" for p in providers] + [f"{p} peak" for p in providers]
     lines = []
-    for op, dims, dtype in keys:
-        by = {r["provider"]: r for r in sel if (r["op"], r["dims"], r["dtype"]) == (op, dims, dtype)}
-        line = [op, dims, dtype]
+    for key in keys:
+        by = {r["provider"]: r for r in sel if (r["op"],) + _key(r) == key}
+        any_row = next(iter(by.values()))
+        line = [any_row["op"], _shape(any_row), _layout(any_row), any_row["dtype"]]
         line += [_bytes(by[p].get("saved_bytes")) if p in by else "—" for p in providers]
         line += [
             (f"{by[p]['peak_mem_mb']:.1f} MiB" if by[p].get("peak_mem_mb") is not None else "—") if p in by else "—"
@@ -97,22 +119,23 @@ FAULTS_SHOWN = 1000
 def page_fault_table(rows: list[dict], providers: list[str]) -> Optional[str]:
     """Cases where some provider takes >= FAULTS_SHOWN host page faults per call (CPU)."""
     keys = list(dict.fromkeys(
-        (r["op"], r["mode"], r["dims"], r["dtype"]) for r in rows if (r.get("page_faults") or 0) >= FAULTS_SHOWN
+        (r["op"], r["mode"]) + _key(r) for r in rows if (r.get("page_faults") or 0) >= FAULTS_SHOWN
     ))
     if not keys:
         return None
     lines = []
     for key in keys:
-        by = {r["provider"]: r for r in rows if (r["op"], r["mode"], r["dims"], r["dtype"]) == key}
-        cells = []
+        by = {r["provider"]: r for r in rows if (r["op"], r["mode"]) + _key(r) == key}
+        any_row = next(iter(by.values()))
+        cells = [any_row["op"], any_row["mode"], _shape(any_row), _layout(any_row), any_row["dtype"]]
         for p in providers:
             r = by.get(p)
             if r is None or "median_ms" not in r or r.get("page_faults") is None:
                 cells.append("—")
             else:
                 cells.append(f"{r['page_faults']:.0f} ({_time(r['median_ms'])})")
-        lines.append(list(key) + cells)
-    return _table(["op", "mode", "shape", "dtype"] + [f"{p} faults (time)" for p in providers], lines)
+        lines.append(cells)
+    return _table(["op", "mode", "shape", "layout", "dtype"] + [f"{p} faults (time)" for p in providers], lines)
 
 
 def train_table(rows: list[dict]) -> str:
@@ -145,6 +168,13 @@ def report(results: dict, images: list[str]) -> str:
         f"{settings['seconds']} s" + (" (**quick smoke run**: tiny shapes, not a measurement)" if settings["quick"] else ""),
         "- GB/s counts the fewest bytes a call must move (inputs read once, outputs written once); "
         "`bwd` is the backward of a recorded forward, `fwd` records autograd as in training",
+        "- layout: the feature maps' memory layout (`channels_last`: each of `box_mix`'s M stacked inputs, as "
+        "`torch.stack` of channels_last maps gives); M = 2 unless the shape says M=3 (MixMo's rule: input 0 fills "
+        "the box, the others mix linearly outside it); speedups compare the same shape, layout, M and dtype",
+    ]
+    if settings.get("skipped_cases"):
+        out.append(f"- **{settings['skipped_cases']} case rows not run**: the time limit was reached (marked skipped)")
+    out += [
         "",
         "## Targets",
         "",

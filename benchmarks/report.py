@@ -1,6 +1,7 @@
 """Run the benchmarks and write the report.
 
     python -m benchmarks.report --out DIR [--device auto|cpu|cuda] [--quick]
+        [--ops ...] [--providers ...] [--dtypes ...] [--layouts channels_first channels_last]
 
 Writes ``DIR/report.md`` (tables and the targets met and missed),
 ``DIR/results.json`` (everything, with the environment), ``DIR/ops.csv``,
@@ -63,17 +64,26 @@ def environment(device: torch.device) -> dict:
     return env
 
 
-def run_ops(device, shapes, dtypes, providers, ops, *, repeat, sample_s, log=print) -> list[dict]:
-    """One row per (op, mode, shape, dtype, provider)."""
+def run_ops(device, shapes, dtypes, providers, ops, *, repeat, sample_s, layouts=cases.LAYOUTS,
+            deadline=None, log=print) -> list[dict]:
+    """One row per (op, mode, shape, layout, M, dtype, provider); cases not started by
+    ``deadline`` (a ``time.perf_counter()`` value) get a row with ``skipped`` instead."""
     cases.allow_many_recompiles()
     rows = []
     with mixshare_ops.value_checks(False):
-        for op, shape, dtype_name, provider in cases.iter_cases(shapes, dtypes, providers, ops):
-            case = cases.make_case(op, shape, dtype_name, provider, device)
+        for spec in cases.iter_cases(shapes, dtypes, providers, ops, layouts):
+            if deadline is not None and time.perf_counter() > deadline:
+                rows += [{"op": spec.op, "mode": mode, "shape": spec.shape.name, "dims": spec.shape.label,
+                          "dtype": spec.dtype_name, "layout": spec.layout, "subnets": spec.subnets,
+                          "provider": spec.provider, "skipped": "time limit"} for mode in cases.modes_for(spec.op)]
+                continue
+            op, shape, dtype_name, provider = spec.op, spec.shape, spec.dtype_name, spec.provider
+            case = spec.make(device)
             saved = None
             for mode in cases.modes_for(op):
                 row = {
                     "op": op, "mode": mode, "shape": shape.name, "dims": shape.label, "dtype": dtype_name,
+                    "layout": spec.layout, "subnets": spec.subnets,
                     "provider": provider, "bytes": case.bytes(mode), "cifar": shape.cifar,
                     "bandwidth_bound": shape.bandwidth_bound,
                 }
@@ -90,11 +100,12 @@ def run_ops(device, shapes, dtypes, providers, ops, *, repeat, sample_s, log=pri
                     )
                 except Exception as error:  # reported in the table, never hidden
                     row["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-                    log(f"  {op} {mode} {shape.name} {dtype_name} {provider}: {row['error']}")
+                    log(f"  {spec.id} {mode}: {row['error']}")
                 rows.append(row)
             done = [r for r in rows[-len(cases.modes_for(op)):] if "median_ms" in r]
             summary = "  ".join(f"{r['mode']} {r['median_ms'] * 1e3:.1f} us" for r in done)
-            log(f"{op:18s} {shape.name:20s} {dtype_name:8s} {provider:8s} {summary}")
+            variant = " ".join(cases.variant_names(spec.layout, spec.subnets))
+            log(f"{op:18s} {shape.name:20s} {variant:18s} {dtype_name:8s} {provider:8s} {summary}")
             del case
     return rows
 
@@ -104,8 +115,9 @@ def _mb(nbytes):
 
 
 def add_ratios(rows: list[dict], copy_gbps: float) -> None:
-    """% of the copy bandwidth, and speedups against eager and compile for the same case."""
-    key = lambda r: (r["op"], r["mode"], r["shape"], r["dtype"])  # noqa: E731
+    """% of the copy bandwidth, and speedups against eager and compile for the same case
+    (op, mode, shape, layout, M and dtype)."""
+    key = lambda r: (r["op"], r["mode"], r["shape"], r.get("layout"), r.get("subnets"), r["dtype"])  # noqa: E731
     base = {(key(r), r["provider"]): r.get("median_ms") for r in rows}
     for r in rows:
         if "median_ms" not in r:
@@ -181,7 +193,13 @@ def main(argv=None) -> int:
     parser.add_argument("--ops", nargs="+", choices=cases.OPS, default=list(cases.OPS))
     parser.add_argument("--providers", nargs="+", choices=cases.PROVIDERS, help="default: all that run here")
     parser.add_argument("--dtypes", nargs="+", choices=list(cases.DTYPES), default=list(cases.DTYPES))
+    parser.add_argument("--layouts", nargs="+", choices=cases.LAYOUTS, default=list(cases.LAYOUTS),
+                        help="memory layouts of the feature maps (cutmix_mask has none and always runs)")
     parser.add_argument("--repeat", type=int, help="timing samples per case (default 15; 3 with --quick)")
+    parser.add_argument("--shapes", nargs="+", metavar="NAME",
+                        help="only the shapes with these names (default: all for the device)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="start no op case after this many seconds; the rest are listed as skipped")
     parser.add_argument("--no-train", action="store_true", help="skip the training-step benchmark")
     parser.add_argument("--train-steps", type=int, help="steps per timed block (default 10; 2 with --quick)")
     args = parser.parse_args(argv)
@@ -199,6 +217,11 @@ def main(argv=None) -> int:
         shapes, settings = cases.cuda_shapes(), train_step.cuda_settings()
     else:
         shapes, settings = cases.cpu_shapes(), train_step.cpu_settings()
+    if args.shapes:
+        unknown = sorted(set(args.shapes) - {shape.name for shape in shapes})
+        if unknown:
+            parser.error(f"unknown shapes {unknown}; here: {[shape.name for shape in shapes]}")
+        shapes = [shape for shape in shapes if shape.name in args.shapes]
     providers = args.providers or cases.default_providers(device)
     unusable = [p for p in providers if p not in cases.default_providers(device)]
     if unusable:
@@ -214,7 +237,8 @@ def main(argv=None) -> int:
     print(f"{env['device']}: copy bandwidth {copy_gbps / 1e9:.1f} GB/s (buffer {copy_bytes / 2**20:.0f} MiB)")
 
     op_rows = run_ops(device, shapes, args.dtypes, providers, args.ops, repeat=repeat,
-                      sample_s=0.005 if args.quick else 0.02)
+                      sample_s=0.005 if args.quick else 0.02, layouts=args.layouts,
+                      deadline=None if args.time_limit is None else started + args.time_limit)
     add_ratios(op_rows, copy_gbps / 1e9)
     train_rows = []
     if not args.no_train:
@@ -225,7 +249,8 @@ def main(argv=None) -> int:
     results = {
         "environment": env,
         "settings": {"quick": args.quick, "repeat": repeat, "providers": providers, "dtypes": args.dtypes,
-                     "seconds": None},
+                     "layouts": args.layouts, "seconds": None,
+                     "skipped_cases": sum(1 for r in op_rows if "skipped" in r)},
         "ops": op_rows,
         "train": train_rows,
         "sync_check": sync,

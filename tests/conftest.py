@@ -15,6 +15,24 @@ if not torch.cuda.is_available():
 import mixshare_ops  # noqa: E402
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--require-backends", default="", metavar="BACKEND[,BACKEND]",
+        help="fail the session at once unless each backend is usable here (so a GPU run cannot pass as skips)",
+    )
+
+
+def pytest_configure(config):
+    required = [b for b in config.getoption("--require-backends").split(",") if b]
+    missing = [b for b in required if b not in mixshare_ops.available_backends()]
+    if missing:
+        reason = mixshare_ops.backend_info()["extension_error"] or "not built with these kernels"
+        raise pytest.UsageError(
+            f"required backend(s) {', '.join(missing)} not usable here "
+            f"(usable: {', '.join(mixshare_ops.available_backends())}; extension: {reason})"
+        )
+
+
 def pytest_report_header(config):
     info = mixshare_ops.backend_info()
     return (

@@ -1,6 +1,7 @@
 """The benchmark harness: bytes models, measurement helpers, targets, and a
 smoke run of the report command and of the pytest-benchmark suites on CPU."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -35,21 +36,87 @@ def test_bytes_model(dtype_name, item):
     assert pool.bytes("fwd") == (n + 2 * 4 * 8) * item
     mask = cases.make_case("cutmix_mask", shape, dtype_name, "eager", CPU)
     assert mask.bytes("fwd") == 4 * 32 * 32 * item + 4 * 12
+    assert (mask.layout, mask.subnets) == (None, None)
+    for layout in cases.LAYOUTS:  # the layout moves the same bytes
+        mix3 = cases.make_case("box_mix", shape, dtype_name, "eager", CPU, layout=layout, subnets=3)
+        assert mix3.bytes("fwd") == 4 * n * item  # reads M = 3 inputs, writes one
+        assert mix3.bytes("fwd+bwd") == 8 * n * item
+        pool = cases.make_case("cutmix_unmix_pool", shape, dtype_name, "eager", CPU, layout=layout)
+        assert pool.bytes("fwd") == (n + 2 * 4 * 8) * item
 
 
+def test_channels_last_cases():
+    """channels_last cases hold the same values as channels_first ones, in channels_last memory."""
+    shape = _shape()
+    for op in ("box_mix", "cutmix_unmix", "cutmix_unmix_pool"):
+        first = cases.make_case(op, shape, "float32", "eager", CPU, layout="channels_first")
+        last = cases.make_case(op, shape, "float32", "eager", CPU, layout="channels_last")
+        x = last.grad_input
+        assert last.layout == "channels_last" and first.grad_input.is_contiguous()
+        if op == "box_mix":  # each of the M stacked inputs channels_last, as torch.stack of such maps
+            stacked = torch.stack([t.contiguous(memory_format=torch.channels_last) for t in x.detach()])
+            assert x.stride() == stacked.stride() and not x.is_contiguous()
+        else:
+            assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        assert x.is_leaf and x.requires_grad
+        torch.testing.assert_close(x, first.grad_input, rtol=0, atol=0)
+        torch.testing.assert_close(last.forward(), first.forward())
+    with pytest.raises(ValueError, match="layout"):
+        cases.make_case("box_mix", shape, "float32", "eager", CPU, layout="nhwc")
+
+
+def test_box_mix_m3_follows_mixmo_rule():
+    """M = 3 weights as mixshare.methods builds them: input 0 fills the box; outside it inputs 1 and 2
+    mix by their ratios."""
+    shape = _shape(b=16)
+    case = cases.make_case("box_mix", shape, "float32", "eager", CPU, subnets=3)
+    assert case.subnets == 3 and case.grad_input.shape[0] == 3
+    lam = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    inside, outside = cases.mixmo_weights(lam)
+    torch.testing.assert_close(inside, torch.tensor([[1.0, 0.0, 0.0]] * 2))
+    torch.testing.assert_close(outside, torch.tensor([[0.0, 0.5 / 0.8, 0.3 / 0.8], [0.0, 0.25, 0.75]]))
+    _, outside2 = cases.mixmo_weights(torch.tensor([[0.3, 0.7]]))
+    torch.testing.assert_close(outside2, torch.tensor([[0.0, 1.0]]))  # M = 2: Cut-MixMo
+
+
+def test_iter_cases_layouts_and_subnets():
+    specs = list(cases.iter_cases(cases.quick_shapes(), ["float32"], ["eager"]))
+    by_op = {}
+    for spec in specs:
+        by_op.setdefault(spec.op, set()).add((spec.layout, spec.subnets))
+    assert by_op["cutmix_mask"] == {(None, None)}
+    assert {("channels_first", 2), ("channels_last", 2), ("channels_last", 3)} <= by_op["box_mix"]
+    for op in cases.UNMIX:
+        assert by_op[op] == {("channels_first", 2), ("channels_last", 2)}
+    assert len({s.id for s in specs}) == len(specs)
+    only_last = list(cases.iter_cases(cases.quick_shapes(), ["float32"], ["eager"], layouts=["channels_last"]))
+    assert {s.layout for s in only_last} == {None, "channels_last"}
+    for shapes in (cases.cpu_shapes(), cases.cuda_shapes()):
+        assert any(s.subnets == 3 for s in cases.iter_cases(shapes, ["float32"], ["eager"], ["box_mix"]))
+
+
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES, ids=str)
 @pytest.mark.parametrize("op", cases.OPS)
-def test_providers_compute_the_same(op):
-    """Every provider's case computes the reference's output (same seed, same inputs)."""
-    shape = _shape(b=3, c=5, h=8, w=8, grid=(32, 32))
-    outs = {}
-    for provider in ("eager", "cpu"):
-        case = cases.make_case(op, shape, "float32", provider, CPU, seed=7)
-        outs[provider] = case.forward()
-        if case.grad_input is not None:
-            outs[provider + "-grad"] = case.call("fwd+bwd")()[0]
-    torch.testing.assert_close(outs["cpu"], outs["eager"])
-    if op != "cutmix_mask":
-        torch.testing.assert_close(outs["cpu-grad"], outs["eager-grad"])
+def test_providers_compute_the_same(op, device):
+    """Every fused provider's case computes the reference's output (same seed, same inputs),
+    in each layout and, for box_mix, at M = 2 and 3."""
+    shape = dataclasses.replace(_shape(b=3, c=5, h=8, w=8, grid=(32, 32)), mix_subnets=(2, 3))
+    fused = [p for p in cases.default_providers(device) if p not in ("eager", "compile")]
+    assert fused, f"no fused provider on {device}"
+    specs = list(cases.iter_cases([shape], ["float32"], ["eager"] + fused, [op]))
+    for spec in specs:
+        if spec.provider == "eager":
+            continue
+        ref = spec._replace(provider="eager").make(device, seed=7)
+        case = spec.make(device, seed=7)
+        torch.testing.assert_close(case.forward(), ref.forward(), msg=lambda m: f"{spec.id}: {m}")
+        if op != "cutmix_mask":
+            torch.testing.assert_close(case.call("fwd+bwd")()[0], ref.call("fwd+bwd")()[0],
+                                       msg=lambda m: f"{spec.id} grad: {m}")
+    assert {s.layout for s in specs} == ({None} if op == "cutmix_mask" else set(cases.LAYOUTS))
 
 
 def test_saved_for_backward_counts_distinct_storages():
@@ -113,44 +180,71 @@ def test_page_faults_per_call_sees_fresh_memory():
 
 @pytest.mark.slow
 def test_report_smoke(tmp_path):
-    """The README's benchmark command at tiny shapes: every file written, every case measured."""
+    """The README's benchmark command at tiny shapes on CPU: every file written, every case measured."""
     out = tmp_path / "report"
-    cmd = [sys.executable, "-m", "benchmarks.report", "--out", str(out), "--quick", "--dtypes", "float32"]
+    cmd = [sys.executable, "-m", "benchmarks.report", "--out", str(out), "--quick", "--dtypes", "float32",
+           "--device", "cpu"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert results["environment"]["copy_gbps"] > 0
+    assert results["settings"]["layouts"] == list(cases.LAYOUTS)
     rows = results["ops"]
-    assert {r["provider"] for r in rows} == {"eager", "compile", "cpu"}
+    assert {r["provider"] for r in rows} == set(cases.default_providers(CPU))
     assert {r["op"] for r in rows} == set(cases.OPS)
     for r in rows:
         assert "error" not in r, r
         assert r["median_ms"] > 0 and r["q25_ms"] <= r["median_ms"] <= r["q75_ms"]
         assert r["gbps"] == pytest.approx(r["bytes"] / (r["median_ms"] / 1e3) / 1e9)
         assert r["page_faults"] is not None and r["page_faults"] >= 0
+        assert r["x_eager"] is not None and r["x_compile"] is not None  # eager and compile of the same case
+    for op in set(cases.OPS) - {"cutmix_mask"}:  # every op with a layout has channels_last rows
+        for layout in cases.LAYOUTS:
+            assert {r["provider"] for r in rows if r["op"] == op and r["layout"] == layout} == \
+                set(cases.default_providers(CPU)), (op, layout)
+    assert {(r["layout"], r["subnets"]) for r in rows if r["op"] == "cutmix_mask"} == {(None, None)}
+    m3 = [r for r in rows if r["op"] == "box_mix" and r["subnets"] == 3]
+    assert {r["layout"] for r in m3} == {"channels_last"} and {r["mode"] for r in m3} == set(cases.MODES)
+    assert {r["provider"] for r in m3} == set(cases.default_providers(CPU))
+    two = next(r for r in rows if r["op"] == "box_mix" and r["subnets"] == 2 and r["layout"] == "channels_last"
+               and r["mode"] == "fwd")
+    assert m3[0]["bytes"] == two["bytes"] * 4 // 3  # reads M inputs, writes one
     variants = {r["variant"] for r in results["train"]}
     assert variants == {"single", "mixshare/cpu", "mixshare/reference", "mixmo-dataloader"}
     assert all(r["images_per_s"] > 0 for r in results["train"])
     text = (out / "report.md").read_text()
     assert "## Targets" in text and "cutmix_unmix_pool" in text
+    assert "| channels_last |" in text and "[4,16,32,32] M=3 |" in text
     assert len(list((out / "plots").glob("*.png"))) == 11
     with open(out / "ops.csv") as fh:
-        assert len(fh.readlines()) == len(rows) + 1
+        header = fh.readline().strip().split(",")
+        assert "layout" in header and "subnets" in header
+        assert len(fh.readlines()) == len(rows)
 
 
 @pytest.mark.slow
 def test_pytest_benchmark_suites_smoke():
     """The pytest-benchmark suites collect and run (timing disabled: one call each)."""
-    cmd = [sys.executable, "-m", "pytest", "benchmarks", "--quick", "--benchmark-disable", "-q", "-p", "no:cacheprovider",
-           "-k", "float32 and not compile or train_step"]
+    cmd = [sys.executable, "-m", "pytest", "benchmarks", "--quick", "--bench-device", "cpu", "--benchmark-disable",
+           "-v", "-p", "no:cacheprovider", "-k", "float32 and not compile or train_step"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+    passed = [line for line in proc.stdout.splitlines() if "test_op[" in line and "PASSED" in line]
+    for op in set(cases.OPS) - {"cutmix_mask"}:
+        assert any(f"{op}-" in line and "channels_last" in line for line in passed), op
+    assert any("box_mix-" in line and "-M=3]" in line for line in passed)
 
 
-def test_sanitizer_driver_runs_every_op():
-    """The compute-sanitizer driver's checks pass on the CPU backends (on a GPU it runs cuda and triton)."""
-    from benchmarks.sanitize_cuda import run
+def test_time_limit_lists_cases_not_run():
+    """Cases not started before the deadline become rows marked skipped, and the report still renders."""
+    from benchmarks import markdown, report
 
-    assert run("cpu", CPU) == 0
-    assert run("reference", CPU) == 0
+    rows = report.run_ops(CPU, cases.quick_shapes(), ["float32"], ["cpu"], ["box_mix"], repeat=1, sample_s=0.001,
+                          deadline=0.0, log=lambda line: None)
+    assert rows and all(r["skipped"] == "time limit" and "median_ms" not in r for r in rows)
+    env = dict(device="cpu", torch="t", mixshare_ops="m", python="p", date="d", copy_gbps=1.0, copy_buffer_mib=1)
+    settings = dict(providers=["cpu"], repeat=1, seconds=0.0, quick=True, skipped_cases=len(rows))
+    text = markdown.report({"environment": env, "settings": settings, "ops": rows, "train": [], "sync_check": {},
+                            "targets": []}, [])
+    assert f"{len(rows)} case rows not run" in text and "skipped" in text

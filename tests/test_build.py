@@ -109,15 +109,79 @@ def _nvcc_compile(source: pathlib.Path, out_dir: pathlib.Path) -> subprocess.Com
     return subprocess.run(cmd, capture_output=True, text=True)
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
-def test_cuda_sources_compile(tmp_path):
-    """Every .cu file compiles with nvcc (no GPU needed, not linked)."""
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH")
+
+
+@pytest.fixture(scope="module")
+def cuda_objects(tmp_path_factory) -> tuple[pathlib.Path, dict[pathlib.Path, subprocess.CompletedProcess]]:
+    """(directory, {source: nvcc result}): every .cu file compiled once, sm_90, into one directory."""
     assert CUDA_SOURCES, "no CUDA sources found"
+    out_dir = tmp_path_factory.mktemp("cuda_objects")
     with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        results = dict(zip(CUDA_SOURCES, pool.map(lambda s: _nvcc_compile(s, tmp_path), CUDA_SOURCES)))
+        return out_dir, dict(zip(CUDA_SOURCES, pool.map(lambda s: _nvcc_compile(s, out_dir), CUDA_SOURCES)))
+
+
+@pytest.mark.slow
+@needs_nvcc
+def test_cuda_sources_compile(cuda_objects):
+    """Every .cu file compiles with nvcc (no GPU needed, not linked)."""
+    _, results = cuda_objects
     failures = {s.name: r.stderr[-3000:] for s, r in results.items() if r.returncode != 0}
     assert not failures, failures
+
+
+# Element kernels that write each chunk of VEC = 16 / sizeof(T) elements with
+# one cuda::store_vec, by source file, with {T: sizeof(T)} of their dtypes.
+_FLOATING = {"float": 4, "double": 8, "c10::Half": 2, "c10::BFloat16": 2}
+_CHUNK_STORE_KERNELS = {
+    "box_mix.cu": {"box_mix_kernel": _FLOATING, "box_mix_backward_kernel": _FLOATING},
+    "cutmix_unmix.cu": {"cutmix_unmix_kernel": _FLOATING, "cutmix_unmix_backward_kernel": _FLOATING},
+    "cutmix_unmix_pool.cu": {"pool_backward_kernel": _FLOATING},
+    "cutmix_boxes.cu": {
+        "cutmix_mask_kernel": {
+            **_FLOATING, "bool": 1, "unsigned char": 1, "signed char": 1, "short": 2, "int": 4, "long": 8,
+        },
+    },
+}
+_SCALAR_STORE = {1: "STG.E.U8", 2: "STG.E.U16", 4: "STG.E", 8: "STG.E.64"}
+
+
+@pytest.mark.slow
+@needs_nvcc
+@pytest.mark.skipif(shutil.which("c++filt") is None, reason="c++filt not on PATH")
+def test_vector_kernels_store_whole_chunks_in_sass(cuda_objects):
+    """sm_90 SASS of the chunked element kernels: each vector instantiation
+    (VEC = 16 / sizeof(T)) stores only with STG.E.128, one per chunk, also in
+    the copies of unrolled loops, and reads no 16-bit scalars; each VEC = 1
+    fallback exists and stores scalars of sizeof(T)."""
+    from benchmarks import sass_stores
+
+    cuobjdump = sass_stores.find_cuobjdump()
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found")
+    out_dir, results = cuda_objects
+    compiled = {s.name for s, r in results.items() if r.returncode == 0}
+    assert set(_CHUNK_STORE_KERNELS) <= compiled, "not compiled, see test_cuda_sources_compile"
+    objects = [out_dir / (pathlib.Path(source).stem + ".o") for source in _CHUNK_STORE_KERNELS]
+    dumps = sass_stores.dump_objects(objects, cuobjdump)
+    problems = []
+    for obj, families in zip(objects, _CHUNK_STORE_KERNELS.values()):
+        kernels = dumps[str(obj)]
+        for family, dtypes in families.items():
+            for dtype, size in dtypes.items():
+                of_dtype = [k for k in kernels if k.short_name.startswith(f"{family}<{dtype},")]
+                wide = [k for k in of_dtype if k.vec == 16 // size]
+                scalar = [k for k in of_dtype if k.vec == 1]
+                if not wide or not scalar or len(wide) + len(scalar) != len(of_dtype):
+                    problems.append(f"{family}<{dtype}>: instantiations {[k.short_name for k in of_dtype]}")
+                problems += [f"{k.short_name}: stores {k.stores}" for k in wide if set(k.stores) != {"STG.E.128"}]
+                problems += [f"{k.short_name}: 16-bit loads {k.loads}" for k in wide if "LDG.E.U16" in k.loads]
+                problems += [
+                    f"{k.short_name}: stores {k.stores}" for k in scalar if set(k.stores) != {_SCALAR_STORE[size]}
+                ]
+        # The module's own check agrees.
+        problems += [f"{k.short_name}: regression {k.stores}" for k in sass_stores.regressions(kernels)]
+    assert not problems, "\n".join(dict.fromkeys(problems))
 
 
 def test_setup_without_torch_says_what_to_run():

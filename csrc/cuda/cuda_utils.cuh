@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "../box_math.h"
@@ -65,14 +66,91 @@ struct alignas(sizeof(T) * N) Vec {
   T val[N];
 };
 
-template <int N, typename T>
-__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
-  return *reinterpret_cast<const Vec<T, N>*>(p);
+// Unsigned word of `Bytes` bytes that load_vec / store_vec move as one access.
+template <int Bytes>
+struct AccessWord;
+template <>
+struct AccessWord<1> {
+  using type = unsigned char;
+};
+template <>
+struct AccessWord<2> {
+  using type = unsigned short;
+};
+template <>
+struct AccessWord<4> {
+  using type = unsigned;
+};
+template <>
+struct AccessWord<8> {
+  using type = uint2;
+};
+template <>
+struct AccessWord<16> {
+  using type = uint4;
+};
+
+// Vec<T, N> as kWords words of min(sizeof(Vec), 16) bytes: one for every Vec
+// up to 16 bytes, two for a 32-byte one (8 floats of a mask-table row).
+template <typename T, int N>
+struct VecWords {
+  static constexpr int kBytes = static_cast<int>(sizeof(Vec<T, N>));
+  static constexpr int kWordBytes = kBytes < 16 ? kBytes : 16;
+  using Word = typename AccessWord<kWordBytes>::type;
+  static constexpr int kWords = kBytes / kWordBytes;
+  static_assert(kWords * kWordBytes == kBytes && sizeof(Word) == kWordBytes, "Vec size must be a power of two");
+};
+
+// One 128-bit store (st.global.v4.b32) of w to global memory at p.
+__device__ __forceinline__ void store_global_128(void* p, const uint4& w) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(
+                   static_cast<unsigned long long>(__cvta_generic_to_global(p))),
+               "r"(w.x), "r"(w.y), "r"(w.z), "r"(w.w)
+               : "memory");
 }
 
+// The N elements at p (global memory, aligned to sizeof(T) * N), read as
+// VecWords words (one 128-bit load per 16 bytes) whose bits are copied into
+// the Vec. N == 1 is a plain scalar load.
+template <int N, typename T>
+__device__ __forceinline__ Vec<T, N> load_vec(const T* p) {
+  Vec<T, N> v;
+  if constexpr (N == 1) {
+    v.val[0] = *p;
+  } else {
+    using Words = VecWords<T, N>;
+    typename Words::Word w[Words::kWords];
+#pragma unroll
+    for (int k = 0; k < Words::kWords; ++k) w[k] = reinterpret_cast<const typename Words::Word*>(p)[k];
+    memcpy(&v, w, sizeof(v));
+  }
+  return v;
+}
+
+// Stores the N elements of v at p (global memory, aligned to sizeof(T) * N):
+// the Vec's bits copied into VecWords words, each 16-byte word stored with
+// store_global_128. A plain store of the words is not enough: where nvcc
+// unrolls a loop around it, NVVM splits the store of the remainder copy into
+// the elements' own stores (seen on sm_90, nvcc 13: 4 x st.global.v2.u16 for
+// 8 bf16, i.e. 8 x STG.E.U16 instead of one STG.E.128). N == 1 is a plain
+// scalar store.
 template <int N, typename T>
 __device__ __forceinline__ void store_vec(T* p, const Vec<T, N>& v) {
-  *reinterpret_cast<Vec<T, N>*>(p) = v;
+  if constexpr (N == 1) {
+    *p = v.val[0];
+  } else {
+    using Words = VecWords<T, N>;
+    typename Words::Word w[Words::kWords];
+    memcpy(w, &v, sizeof(v));
+#pragma unroll
+    for (int k = 0; k < Words::kWords; ++k) {
+      if constexpr (Words::kWordBytes == 16) {
+        store_global_128(reinterpret_cast<typename Words::Word*>(p) + k, w[k]);
+      } else {
+        reinterpret_cast<typename Words::Word*>(p)[k] = w[k];
+      }
+    }
+  }
 }
 
 inline bool is_aligned(const void* p, int64_t bytes) {

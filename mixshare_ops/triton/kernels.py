@@ -39,9 +39,12 @@ square root are always correctly rounded). Float scalars (``scale``,
 as the C++ kernels do in float32 opmath; for float64 opmath the launcher
 passes them as 1-element float64 tensors instead.
 
-Index arithmetic is int32 within one sample slice (``C * H * W < 2**31``) and
-int64 for offsets across samples and subnetworks. The window math needs
-``(h + 1) * box_h`` and ``(w + 1) * box_w`` below ``2**31``.
+Offsets across samples and subnetworks are int64. Offsets inside one sample
+(``c * HW + p``, ``p * C + c``, ``y * W + x``) and the adaptive-pool window
+math (``(y + 1) * box_h``) are int32 when they stay below ``INT32_LIMIT``
+(``2**31``), else int64: the launchers set the constexpr ``INT64`` from the
+sizes, so every slice size is handled and the common case keeps 32-bit
+arithmetic.
 
 Loops have compile-time trip counts (``CHUNKS``, ``NUM_PB``): no loop bound
 is a runtime value (the Triton 3.6 interpreter cannot run those with
@@ -56,10 +59,12 @@ Tile sizes come from :func:`elementwise_meta` and :func:`pool_meta`. On GPUs
 the prune hooks turn each candidate into concrete tile sizes with the same
 heuristics, so the tuned configurations are always valid. Edit those lists to
 change the search space, or set ``AUTOTUNE = False`` (at any time) to launch
-the heuristic defaults (the first candidates) without benchmarking. The autotune key holds
-B, C, H * W, the layout and M (and the dtypes): each new key benchmarks the
-candidates once, synchronising the device, so the first call of a shape must
-not happen inside CUDA graph capture. Under the Triton interpreter
+the heuristic defaults (the first candidates) without benchmarking. The autotune key
+(``AUTOTUNE_KEY``) holds C, H * W, the layout, M and the index width (and the
+dtypes), not the batch size: each new key benchmarks the candidates once,
+synchronising the device, so the first call of a feature size must not happen
+inside CUDA graph capture, but a new batch size (a last partial batch, an
+evaluation batch) reuses the tiles tuned for that feature size (valid for any B). Under the Triton interpreter
 (``TRITON_INTERPRET=1``) autotuning is off and the defaults are launched.
 """
 
@@ -70,6 +75,12 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = not INTERPRET
+# Offsets and products at or above this use int64 (INT64 constexpr); read at
+# each launch.
+INT32_LIMIT = 2**31
+# Tiles are tuned per feature size, layout, M and index width; not per batch
+# size, which would re-tune (and synchronise) at every new B.
+AUTOTUNE_KEY = ["C", "HW", "CHANNELS_LAST", "MB", "M", "INT64"]
 
 # ---------------------------------------------------------------------------
 # Tuning: tile heuristics and autotune search spaces
@@ -188,8 +199,8 @@ def _prune(meta_fn):
 
 
 def _tuned(meta_fn, candidates):
-    """Autotunes a kernel on GPUs (key: sizes, layout, M; dtypes are added by
-    the autotuner); leaves it as it is under the interpreter."""
+    """Autotunes a kernel on GPUs (key: AUTOTUNE_KEY; dtypes are added by the
+    autotuner); leaves it as it is under the interpreter."""
 
     def decorate(fn):
         if not AUTOTUNE:
@@ -197,7 +208,7 @@ def _tuned(meta_fn, candidates):
         configs = [triton.Config({"TILE": tile}, num_warps=num_warps) for tile, num_warps in candidates]
         return triton.autotune(
             configs=configs,
-            key=["B", "C", "HW", "CHANNELS_LAST", "MB", "M"],
+            key=AUTOTUNE_KEY,
             prune_configs_by={"early_config_prune": _prune(meta_fn)},
         )(fn)
 
@@ -214,8 +225,10 @@ def _tuned(meta_fn, candidates):
 
 
 @triton.jit
-def _tile_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, CHANNELS_LAST: tl.constexpr):
-    """This element-wise program's sample b, first channel and [PB] pixel indices."""
+def _tile_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
+                  INT64: tl.constexpr):
+    """This element-wise program's sample b, first channel and [PB] pixel indices
+    (channel and pixel indices int64 if INT64)."""
     pid = tl.program_id(0)
     n_cg = ((C + CB - 1) // CB + CHUNKS - 1) // CHUNKS
     n_pb = (HW + PB - 1) // PB
@@ -229,6 +242,8 @@ def _tile_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexp
     else:
         cg = r // n_pb
         pb = r - cg * n_pb
+    if INT64:
+        return b, cg.to(tl.int64) * (CHUNKS * CB), pb.to(tl.int64) * PB + tl.arange(0, PB)
     return b, cg * (CHUNKS * CB), pb * PB + tl.arange(0, PB)
 
 
@@ -355,8 +370,10 @@ def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, wid
 
 
 @triton.jit
-def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: tl.constexpr):
-    """[B, 1, H, W] contiguous mask, 1 inside each box; one [BH, BW] tile."""
+def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: tl.constexpr,
+                       INT64: tl.constexpr):
+    """[B, 1, H, W] contiguous mask, 1 inside each box; one [BH, BW] tile
+    (in-sample offsets int64 if INT64)."""
     pid = tl.program_id(0)
     n_yb = (height + BH - 1) // BH
     n_xb = (width + BW - 1) // BW
@@ -372,6 +389,8 @@ def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: 
     right = tl.minimum(tl.maximum(tl.load(row + 3), left), width)
     y = yb * BH + tl.arange(0, BH)
     x = xb * BW + tl.arange(0, BW)
+    if INT64:
+        y = y.to(tl.int64)
     inside = ((y >= top) & (y < bottom))[:, None] & ((x >= left) & (x < right))[None, :]
     valid = (y < height)[:, None] & (x < width)[None, :]
     base = out_ptr + b.to(tl.int64) * height * width
@@ -389,9 +408,9 @@ def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: 
 def box_mix_kernel(x_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
                    scale, stride_m, stride_b, B, C, HW, height, width,
                    M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
-                   CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+                   CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, INT64: tl.constexpr):
     """out[b] = sum_i w_i(b, y, x) * scale * x[i, b] over stacked x [M, B, C, H, W]."""
-    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST, INT64)
     weights = _box_weights(boxes_ptr, win_ptr, wout_ptr, scale_ptr, scale, b, p, height, width, M, MB, OPMATH)
     i = tl.arange(0, MB)
     sub = (i < M)[:, None, None]
@@ -420,9 +439,9 @@ def box_mix_kernel(x_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
 def box_mix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
                             scale, out_stride_m, B, C, HW, height, width,
                             M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
-                            CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+                            CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, INT64: tl.constexpr):
     """grad_x[i, b] = w_i(b, y, x) * scale * grad_out[b]."""
-    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST, INT64)
     weights = _box_weights(boxes_ptr, win_ptr, wout_ptr, scale_ptr, scale, b, p, height, width, M, MB, OPMATH)
     i = tl.arange(0, MB)
     sub = (i < M)[:, None, None]
@@ -451,9 +470,9 @@ def box_mix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_
 def cutmix_unmix_kernel(f_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
                         ratio, out_stride_m, B, C, HW, h, w, box_h, box_w, channels,
                         M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, CHANNELS_LAST: tl.constexpr,
-                        OPMATH: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+                        OPMATH: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, INT64: tl.constexpr):
     """out[i, b, c] = features[b, c] * mask_i (c < channels), features[b, c] otherwise."""
-    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST, INT64)
     masks = _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
                          M, MB, DEFAULT_W, OPMATH)
     i = tl.arange(0, MB)
@@ -487,9 +506,9 @@ def cutmix_unmix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr,
                                  ratio, stride_m, stride_b, B, C, HW, h, w, box_h, box_w, channels,
                                  M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr,
                                  CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
-                                 CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr):
+                                 CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, INT64: tl.constexpr):
     """grad_f[b, c] = sum_i grad_out[i, b, c] * (mask_i if c < channels else 1)."""
-    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST, INT64)
     masks = _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
                          M, MB, DEFAULT_W, OPMATH)
     i = tl.arange(0, MB)
@@ -525,7 +544,7 @@ def cutmix_unmix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr,
 def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_ptr,
                        ratio, h, w, box_h, box_w, HW,
                        M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, MASKED: tl.constexpr,
-                       OPMATH: tl.constexpr, PB: tl.constexpr, NUM_PB: tl.constexpr):
+                       OPMATH: tl.constexpr, PB: tl.constexpr, NUM_PB: tl.constexpr, INT64: tl.constexpr):
     """Per sample b: the applied masks masks[b, i, p] (OPMATH [B, M, HW]) and
     the reciprocal pooling denominators inv[b, i] (OPMATH [B, M]): 1 / sum_p
     masks[b, i, p] (h * w where that sum is 0) if MASKED, else 1 / (h * w)."""
@@ -536,6 +555,8 @@ def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_p
     den = tl.zeros([MB], dtype=OPMATH)
     for j in range(NUM_PB):
         p = j * PB + tl.arange(0, PB)
+        if INT64:  # the window math (y + 1) * box_h
+            p = p.to(tl.int64)
         pvalid = p < HW
         masks = _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
                              M, MB, DEFAULT_W, OPMATH)
@@ -558,13 +579,15 @@ def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_p
 @triton.jit
 def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, channels,
                              M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
-                             CB: tl.constexpr, PB: tl.constexpr, NUM_PB: tl.constexpr):
+                             CB: tl.constexpr, PB: tl.constexpr, NUM_PB: tl.constexpr, INT64: tl.constexpr):
     """out[i, b, c] = sum_p f[b, c, p] masks[b, i, p] * inv[b, i] (c < channels),
     mean_p f[b, c, p] otherwise. One program per (b, channel block)."""
     pid = tl.program_id(0)
     n_cb = (C + CB - 1) // CB
     b = pid // n_cb
     c = (pid - b * n_cb) * CB + tl.arange(0, CB)
+    if INT64:
+        c = c.to(tl.int64)
     cvalid = c < C
     i = tl.arange(0, MB)
     sub = i < M
@@ -574,6 +597,8 @@ def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, chann
     plain = tl.zeros([CB], dtype=OPMATH)
     for j in range(NUM_PB):
         p = j * PB + tl.arange(0, PB)
+        if INT64:
+            p = p.to(tl.int64)
         pvalid = p < HW
         masks = tl.load(rows[:, None] + p[None, :], mask=sub[:, None] & pvalid[None, :], other=0.0)
         if CHANNELS_LAST:  # f: [PB, CB]
@@ -602,10 +627,10 @@ def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, chann
 def cutmix_unmix_pool_backward_kernel(g_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, channels,
                                       M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                                       OPMATH: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr,
-                                      CHUNKS: tl.constexpr):
+                                      CHUNKS: tl.constexpr, INT64: tl.constexpr):
     """grad_f[b, c, p] = sum_i grad_out[i, b, c] * inv[b, i] * masks[b, i, p]
     (c < channels), sum_i grad_out[i, b, c] / (h * w) otherwise."""
-    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST)
+    b, c0, p = _tile_program(C, HW, CB, PB, CHUNKS, CHANNELS_LAST, INT64)
     i = tl.arange(0, MB)
     sub = i < M
     pvalid = p < HW

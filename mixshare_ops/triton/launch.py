@@ -77,6 +77,17 @@ def _unmix_weights(inside_weight, outside_weight, opmath):
     return w_in.shape[1], w_in, w_out, False
 
 
+def _int64(*sizes: int) -> bool:
+    """Whether an in-sample offset or window product can reach kernels.INT32_LIMIT:
+    ``sizes`` are bounds on the largest such value."""
+    return max(sizes) >= kernels.INT32_LIMIT
+
+
+def _window_bound(h: int, w: int, box_height: int, box_width: int) -> int:
+    """Bound on the adaptive-pool window products (y + 1) * box_h, (x + 1) * box_w (plus rounding)."""
+    return max((h + 1) * box_height + h, (w + 1) * box_width + w)
+
+
 def _run(kernel, grid, args, consts, default_meta):
     """Launches a tunable kernel: autotuned, or with the heuristic defaults."""
     if isinstance(kernel, Autotuner):
@@ -87,14 +98,20 @@ def _run(kernel, grid, args, consts, default_meta):
     kernel[grid](*args, **consts, **default_meta())
 
 
-def _launch_elementwise(kernel, args, *, batch, channels, hw, subnets, layout, opmath, **consts):
-    """Launches one of the element-wise kernels over a [B, C, HW] problem."""
+def _launch_elementwise(kernel, args, *, batch, channels, hw, subnets, layout, opmath, window=0, **consts):
+    """Launches one of the element-wise kernels over a [B, C, HW] problem
+    (``window``: the bound of its adaptive-pool window products, if any)."""
     mb = kernels.next_pow2(subnets)
     channels_last = layout == CHANNELS_LAST
-    consts.update(M=subnets, MB=mb, CHANNELS_LAST=channels_last, OPMATH=_tl_dtype(opmath))
+    consts.update(M=subnets, MB=mb, CHANNELS_LAST=channels_last, OPMATH=_tl_dtype(opmath),
+                  INT64=_int64(channels * hw + max(channels, hw), window))
 
     def grid(meta):
-        return (kernels.elementwise_programs(batch, channels, hw, meta),)
+        programs = kernels.elementwise_programs(batch, channels, hw, meta)
+        if programs >= 2**31:
+            raise ValueError(f"Triton backend: {programs} programs for a [{batch}, {channels}, {hw}] problem, "
+                             "more than a launch grid holds (2**31 - 1)")
+        return (programs,)
 
     _run(kernel, grid, args, consts, lambda: kernels.elementwise_meta(batch, channels, hw, channels_last, mb))
 
@@ -112,7 +129,7 @@ def _unmix_masks(boxes, w_in, w_out, default, subnets, batch, h, w, box_height, 
         boxes, w_in, w_out, ratio_t, masks, inv,
         ratio_v, h, w, box_height, box_width, hw,
         M=subnets, MB=mb, DEFAULT_W=default, MASKED=normalize == "masked", OPMATH=_tl_dtype(opmath),
-        **meta,
+        INT64=_int64(hw + meta["PB"], _window_bound(h, w, box_height, box_width)), **meta,
     )
     return masks, inv
 
@@ -146,7 +163,8 @@ def cutmix_mask(boxes, height, width, dtype):
     bh = min(kernels.next_pow2(height), max(1, _MASK_TILE // bw))
     grid = (batch * kernels.cdiv(height, bh) * kernels.cdiv(width, bw),)
     with _on_device(boxes):
-        kernels.cutmix_mask_kernel[grid](boxes.contiguous(), out, height, width, BH=bh, BW=bw, num_warps=4)
+        kernels.cutmix_mask_kernel[grid](boxes.contiguous(), out, height, width, BH=bh, BW=bw,
+                                         INT64=_int64((height + bh) * width + bw), num_warps=4)
     return out
 
 
@@ -213,7 +231,7 @@ def cutmix_unmix(features, boxes, inside_weight, outside_weight, box_height, box
             (features, boxes.contiguous(), w_in, w_out, ratio_t, out,
              ratio_v, out.stride(0), batch, num_channels, hw, h, w, int(box_height), int(box_width), int(channels)),
             batch=batch, channels=num_channels, hw=hw, subnets=subnets, layout=layout, opmath=opmath,
-            DEFAULT_W=default,
+            window=_window_bound(h, w, int(box_height), int(box_width)), DEFAULT_W=default,
         )
     return out
 
@@ -236,7 +254,7 @@ def cutmix_unmix_backward(grad_out, boxes, inside_weight, outside_weight, box_he
              ratio_v, grad_out.stride(0), grad_out.stride(1), batch, num_channels, hw, h, w,
              int(box_height), int(box_width), int(channels)),
             batch=batch, channels=num_channels, hw=hw, subnets=subnets, layout=layout, opmath=opmath,
-            DEFAULT_W=default,
+            window=_window_bound(h, w, int(box_height), int(box_width)), DEFAULT_W=default,
         )
     return grad_f
 
@@ -257,7 +275,8 @@ def cutmix_unmix_pool(features, boxes, inside_weight, outside_weight, box_height
     with _on_device(features):
         masks, inv = _unmix_masks(boxes.contiguous(), w_in, w_out, default, subnets, batch, h, w, int(box_height),
                                   int(box_width), ratio, normalize, opmath, features.device)
-        consts = dict(M=subnets, MB=mb, CHANNELS_LAST=channels_last, OPMATH=_tl_dtype(opmath))
+        consts = dict(M=subnets, MB=mb, CHANNELS_LAST=channels_last, OPMATH=_tl_dtype(opmath),
+                      INT64=_int64(num_channels * hw + max(num_channels, hw)))
 
         def grid(meta):
             return (batch * kernels.cdiv(num_channels, meta["CB"]),)
