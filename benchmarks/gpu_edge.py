@@ -11,7 +11,8 @@ output element a kernel never writes shows as a mismatch. What the cases reach:
 * 128-bit vector paths (fp32 x4, bf16/fp16 x8, fp64 x2) and their scalar
   fallbacks (odd slice sizes, misaligned ``data_ptr``);
 * contiguous (NCHW planes), channels_last (pixels) and generic chunks;
-* pooling with 8 lanes per plane (at most 64 vectors a plane) and 32 lanes;
+* pooling with 8 lanes per plane (at most 64 vectors a plane) and 32 lanes
+  (NCHW), and channel tiles of 8 and 32 lanes (channels_last);
 * M = 2, 3 and 5 (one and two passes of 4 subnetworks in the pooling kernels);
 * ``[B, M, ...]`` transposed and stride-0 (expanded) stacked inputs;
 * wild boxes with value checks off (clamped, never a fault; CUDA only);
@@ -170,6 +171,7 @@ UNMIX_CASES = [
     UnmixCase(3, 13, 5, 7, (11, 9), None, 13, 0.0, "cf"),
     UnmixCase(2, 8, 5, 5, (10, 10), 3, 8, 0.5, "cf"),  # slice % 8 == 0, cells % 8 != 0: generic chunks
     UnmixCase(2, 12, 2, 2, (8, 8), None, 12, 0.5, "cl"),  # slice % 8 == 0, C % 8 != 0: generic chunks
+    UnmixCase(300, 256, 2, 2, (8, 8), None, 200, 0.5, "cl"),  # many samples: 32-lane channel tiles (pool)
     UnmixCase(8, 64, 8, 8, (32, 32), None, 64, 0.5, "cf", "misaligned"),
     UnmixCase(8, 64, 8, 8, (32, 32), 2, 32, 0.5, "cl", "misaligned"),
 ]

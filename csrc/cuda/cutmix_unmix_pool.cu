@@ -10,11 +10,14 @@
 //   * NCHW: a group of LANES lanes of one warp reduces one contiguous (b, c)
 //     plane (LANES = 8 for small planes, else 32; lane-strided chunks of VEC
 //     cells, VEC = 16 / sizeof(scalar_t) when h * w and the pointer allow,
-//     else 1), then a shuffle reduction within the group;
-//   * channels_last: a block of 32 x kCellRows threads takes one (b, tile of
-//     32 * VEC channels); thread (tx, ty) loads VEC consecutive channels at
-//     cells ty, ty + kCellRows, ... (coalesced along the channels), and the
-//     kCellRows partial sums are combined through shared memory.
+//     else 1; each chunk's G mask values are read with one vector load per
+//     subnetwork), then a shuffle reduction within the group;
+//   * channels_last: a block of LANES x (kThreads / LANES) threads takes one
+//     (b, tile of LANES * VEC channels), LANES = 8 or 32 chosen so that few
+//     lanes fall past C and, when the blocks are fewer than the SMs can hold,
+//     the tiles are narrow; thread (tx, ty) loads VEC consecutive channels at
+//     cells ty, ty + rows, ... (coalesced along the channels), and the partial
+//     sums of the rows are combined through shared memory.
 // Pass-through channels (c >= channels) accumulate the plain sum into every
 // accumulator, so every subnetwork's output reads the same value.
 //
@@ -23,7 +26,7 @@
 // gscaled[i, b, c] = grad_out[i, b, c] * inv_denom[i, b] and, for the plain
 // channels, gplain[b, c] = sum_i grad_out[i, b, c] / (h * w).
 //
-// To tune on a GPU: LANES / kCellRows / the tile width against the shape
+// To tune on a GPU: LANES / the rows per block / the tile width against the shape
 // (small B * C leaves SMs idle; splitting the cells across blocks would need a
 // second reduction pass), several loads in flight per thread, staging a
 // sample's mask rows in shared memory.
@@ -46,8 +49,6 @@
 namespace mixshare_ops {
 namespace {
 
-constexpr int kCellRows = 8;  // channels_last forward: blockDim = (32, kCellRows)
-static_assert(32 * kCellRows == cuda::kThreads, "the channels_last pooling block has kThreads threads");
 
 // out[i, b, c] for c < channels: inv_denom[i, b] * sum_cells f * mask_i;
 // else sum_cells f / (h * w). See the file comment for the mapping.
@@ -81,16 +82,19 @@ __global__ void __launch_bounds__(cuda::kThreads)
           mask[ii] = masks + ((i0 + ii < subnets ? i0 + ii : i0) * batch + b) * cells;
         for (int64_t v = group_lane; v < nvec; v += LANES) {
           const auto fv = cuda::load_vec<VEC>(f + v * VEC);
+          // Mask rows start at multiples of cells, a multiple of VEC: aligned vector loads.
+          cuda::Vec<opmath_t, VEC> mv[G];
+#pragma unroll
+          for (int ii = 0; ii < G; ++ii) mv[ii] = cuda::load_vec<VEC>(mask[ii] + v * VEC);
 #pragma unroll
           for (int j = 0; j < VEC; ++j) {
             const opmath_t x = static_cast<opmath_t>(fv.val[j]);
-            const int64_t cell = v * VEC + j;
 #pragma unroll
             for (int ii = 0; ii < G; ++ii) {
               if (!unmixed) {
                 acc[ii] += x;
               } else if (i0 + ii < subnets) {
-                acc[ii] += x * mask[ii][cell];
+                acc[ii] += x * mv[ii].val[j];
               }
             }
           }
@@ -115,16 +119,17 @@ __global__ void __launch_bounds__(cuda::kThreads)
   }
 }
 
-template <typename scalar_t, int VEC, int G>
+template <typename scalar_t, int VEC, int LANES, int G>
 __global__ void __launch_bounds__(cuda::kThreads)
     pool_nhwc_kernel(const scalar_t* __restrict__ src, const at::opmath_type<scalar_t>* __restrict__ masks,
                      const at::opmath_type<scalar_t>* __restrict__ inv_denom, int64_t subnets, int64_t batch,
                      int64_t num_channels, int64_t cells, int64_t channels, scalar_t* __restrict__ out) {
   using opmath_t = at::opmath_type<scalar_t>;
   constexpr int kSlots = G * VEC;  // accumulators per thread: slot = ii * VEC + j
-  __shared__ opmath_t partial[kCellRows][kSlots][32];
+  constexpr int kRows = cuda::kThreads / LANES;  // blockDim = (LANES, kRows)
+  __shared__ opmath_t partial[kRows][kSlots][LANES];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t tile_channels = 32 * VEC, tiles = cuda::ceil_div(num_channels, tile_channels);
+  const int64_t tile_channels = LANES * VEC, tiles = cuda::ceil_div(num_channels, tile_channels);
   const int64_t slice = num_channels * cells;
   // `item` and `i0` are block-uniform, so every thread reaches every barrier.
   for (int64_t item = blockIdx.x; item < batch * tiles; item += gridDim.x) {
@@ -143,7 +148,7 @@ __global__ void __launch_bounds__(cuda::kThreads)
 #pragma unroll
         for (int ii = 0; ii < G; ++ii)
           mask[ii] = masks + ((i0 + ii < subnets ? i0 + ii : i0) * batch + b) * cells;
-        for (int64_t cell = ty; cell < cells; cell += kCellRows) {
+        for (int64_t cell = ty; cell < cells; cell += kRows) {
           const auto fv = cuda::load_vec<VEC>(f + cell * num_channels);
           opmath_t m[G];
 #pragma unroll
@@ -163,10 +168,10 @@ __global__ void __launch_bounds__(cuda::kThreads)
 #pragma unroll
         for (int j = 0; j < VEC; ++j) partial[ty][ii * VEC + j][tx] = acc[ii][j];
       __syncthreads();
-      for (int slot = ty; slot < kSlots; slot += kCellRows) {
+      for (int slot = ty; slot < kSlots; slot += kRows) {
         opmath_t total = 0;
 #pragma unroll
-        for (int r = 0; r < kCellRows; ++r) total += partial[r][slot][tx];
+        for (int r = 0; r < kRows; ++r) total += partial[r][slot][tx];
         const int64_t i = i0 + slot / VEC, c = c0 + slot % VEC;
         if (valid && i < subnets)
           out[(i * batch + b) * num_channels + c] = static_cast<scalar_t>(
@@ -174,6 +179,19 @@ __global__ void __launch_bounds__(cuda::kThreads)
       }
     }
   }
+}
+
+// Whether the channels_last forward takes tiles of 8 * vec channels (else
+// 32 * vec): when they leave fewer lanes past C, or as few and the 32-wide
+// tiles give fewer blocks than two per SM.
+bool narrow_channel_tiles(int64_t batch, int64_t num_channels, int64_t vec, c10::DeviceIndex device) {
+  const auto idle = [&](int64_t lanes) {
+    return cuda::ceil_div(num_channels, lanes * vec) * lanes * vec - num_channels;
+  };
+  if (idle(8) != idle(32)) return idle(8) < idle(32);
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return batch * cuda::ceil_div(num_channels, 32 * vec) < 2 * static_cast<int64_t>(sms);
 }
 
 // gscaled[i, b, c] = grad_out[i, b, c] * inv_denom[i, b];
@@ -293,13 +311,17 @@ at::Tensor cutmix_unmix_pool_cuda(const at::Tensor& features, const at::Tensor& 
     } else {
       // Element offsets b * slice + cell * C + c0 are multiples of kVec when C is.
       const bool vectorize = C % kVec == 0 && cuda::is_aligned(src, 16);
+      const bool narrow = narrow_channel_tiles(B, C, vectorize ? kVec : 1, features.device().index());
       cuda::select_int<kVec, 1>(vectorize, [&](auto vec) {
-        cuda::select_int<2, 4>(pairs, [&](auto group) {
-          constexpr int V = decltype(vec)::value, G = decltype(group)::value;
-          const int64_t tiles = cuda::ceil_div(C, 32 * V);
-          pool_nhwc_kernel<scalar_t, V, G><<<cuda::flat_grid(B * tiles), dim3(32, kCellRows), 0, stream>>>(
-              src, masks_p, inv_denom_p, M, B, C, cells, channels, dst);
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        cuda::select_int<8, 32>(narrow, [&](auto lanes) {
+          cuda::select_int<2, 4>(pairs, [&](auto group) {
+            constexpr int V = decltype(vec)::value, L = decltype(lanes)::value, G = decltype(group)::value;
+            const int64_t tiles = cuda::ceil_div(C, L * V);
+            pool_nhwc_kernel<scalar_t, V, L, G>
+                <<<cuda::flat_grid(B * tiles), dim3(L, cuda::kThreads / L), 0, stream>>>(
+                    src, masks_p, inv_denom_p, M, B, C, cells, channels, dst);
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
       });
     }
