@@ -49,7 +49,6 @@
 namespace mixshare_ops {
 namespace {
 
-
 // out[i, b, c] for c < channels: inv_denom[i, b] * sum_cells f * mask_i;
 // else sum_cells f / (h * w). See the file comment for the mapping.
 // G subnetworks are accumulated per pass over the features.
@@ -82,20 +81,24 @@ __global__ void __launch_bounds__(cuda::kThreads)
           mask[ii] = masks + ((i0 + ii < subnets ? i0 + ii : i0) * batch + b) * cells;
         for (int64_t v = group_lane; v < nvec; v += LANES) {
           const auto fv = cuda::load_vec<VEC>(f + v * VEC);
-          // Mask rows start at multiples of cells, a multiple of VEC: aligned vector loads.
-          cuda::Vec<opmath_t, VEC> mv[G];
+          if (unmixed) {
+            // Mask rows start at multiples of cells, a multiple of VEC: aligned vector loads.
+            cuda::Vec<opmath_t, VEC> mv[G];
 #pragma unroll
-          for (int ii = 0; ii < G; ++ii) mv[ii] = cuda::load_vec<VEC>(mask[ii] + v * VEC);
+            for (int ii = 0; ii < G; ++ii) mv[ii] = cuda::load_vec<VEC>(mask[ii] + v * VEC);
 #pragma unroll
-          for (int j = 0; j < VEC; ++j) {
-            const opmath_t x = static_cast<opmath_t>(fv.val[j]);
+            for (int j = 0; j < VEC; ++j) {
+              const opmath_t x = static_cast<opmath_t>(fv.val[j]);
 #pragma unroll
-            for (int ii = 0; ii < G; ++ii) {
-              if (!unmixed) {
-                acc[ii] += x;
-              } else if (i0 + ii < subnets) {
-                acc[ii] += x * mv[ii].val[j];
-              }
+              for (int ii = 0; ii < G; ++ii)
+                if (i0 + ii < subnets) acc[ii] += x * mv[ii].val[j];
+            }
+          } else {  // pass-through plane: the plain sum, no masks read
+#pragma unroll
+            for (int j = 0; j < VEC; ++j) {
+              const opmath_t x = static_cast<opmath_t>(fv.val[j]);
+#pragma unroll
+              for (int ii = 0; ii < G; ++ii) acc[ii] += x;
             }
           }
         }
@@ -293,8 +296,8 @@ at::Tensor cutmix_unmix_pool_cuda(const at::Tensor& features, const at::Tensor& 
     constexpr int kVec = cuda::vec_size<scalar_t>();
     const bool pairs = M <= 2;  // G = 2 subnetworks per pass, else 4
     if (f.layout == Layout::kChannelsFirst) {
-      // Plane starts are multiples of cells, so cells % kVec == 0 aligns them.
-      const bool vectorize = cells % kVec == 0 && cuda::is_aligned(src, 16);
+      // Plane starts (and mask rows) are multiples of cells, so cells % kVec == 0 aligns them.
+      const bool vectorize = cells % kVec == 0 && cuda::is_aligned(src, 16) && cuda::is_aligned(masks_p, 16);
       const bool narrow = (vectorize ? cells / kVec : cells) <= 64;  // 8 lanes per plane, else 32
       cuda::select_int<kVec, 1>(vectorize, [&](auto vec) {
         cuda::select_int<8, 32>(narrow, [&](auto lanes) {

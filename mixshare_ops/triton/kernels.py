@@ -39,12 +39,28 @@ square root are always correctly rounded). Float scalars (``scale``,
 as the C++ kernels do in float32 opmath; for float64 opmath the launcher
 passes them as 1-element float64 tensors instead.
 
-Offsets across samples and subnetworks are int64. Offsets inside one sample
-(``c * HW + p``, ``p * C + c``, ``y * W + x``) and the adaptive-pool window
-math (``(y + 1) * box_h``) are int32 when they stay below ``INT32_LIMIT``
-(``2**31``), else int64: the launchers set the constexpr ``INT64`` from the
-sizes, so every slice size is handled and the common case keeps 32-bit
-arithmetic.
+Index widths and limits:
+
+* Offsets across samples and subnetworks (``b * C * HW``, ``b * stride_b +
+  i * stride_m``, the mask rows ``(b * M + i) * HW``, the pooled rows
+  ``(i * B + b) * C``, the boxes and weights rows) are always int64.
+* Values inside one sample (offsets ``c * HW + p``, ``p * C + c``,
+  ``y * W + x``; channel and pixel indices of tile lanes, which run up to a
+  tile past ``C`` and ``HW``; the adaptive-pool window math ``(y + 1) * box_h``
+  and cell counts ``(y1 - y0) * (x1 - x0)``) are int32, unless a bound on them
+  reaches ``INT32_LIMIT`` (``2**31``): the launchers then set the constexpr
+  ``INT64`` and these are computed in int64 from the start (``C`` and ``HW``
+  are widened before any arithmetic). Each kernel checks at compile time that
+  its offsets are int64 under ``INT64`` (``tl.static_assert``). The int32
+  variant is the code the kernels had before ``INT64`` existed (the same
+  Triton IR); the int64 one is a separate compiled variant, used only for the
+  sizes that need it. ``cutmix_boxes_kernel`` is O(B) and always uses int64.
+* Grids are one-dimensional, ``program_id(0)`` up to ``GRID_LIMIT``
+  (``2**31 - 1``); ``program_id(1)`` and ``(2)`` (65,535) are never used.
+  A launch that could need more programs (about ``2**31`` samples of a few
+  elements) is refused with a ``ValueError`` before anything is allocated.
+* Scalar arguments (``B``, ``C``, ``HW``, strides) are int32 or int64 as
+  Triton passes them (int64 from ``2**31`` on).
 
 Loops have compile-time trip counts (``CHUNKS``, ``NUM_PB``): no loop bound
 is a runtime value (the Triton 3.6 interpreter cannot run those with
@@ -64,8 +80,14 @@ the heuristic defaults (the first candidates) without benchmarking. The autotune
 dtypes), not the batch size: each new key benchmarks the candidates once,
 synchronising the device, so the first call of a feature size must not happen
 inside CUDA graph capture, but a new batch size (a last partial batch, an
-evaluation batch) reuses the tiles tuned for that feature size (valid for any B). Under the Triton interpreter
-(``TRITON_INTERPRET=1``) autotuning is off and the defaults are launched.
+evaluation batch) reuses the tiles tuned for that feature size, which are valid
+for any B (only ``CHUNKS`` and the pooling's channel block were sized for the
+B of that first call). ``B`` is also left unspecialised (``do_not_specialize``),
+so a new batch size does not compile a new variant either (unless it changes
+whether a stride that scales with B is a multiple of 16, which only happens
+when C * H * W is not). Under the Triton interpreter (``TRITON_INTERPRET=1``)
+autotuning is off and the defaults are launched; :func:`autotuner` builds the
+autotuned kernel on demand (the tests run it with faked timings).
 """
 
 import os
@@ -75,12 +97,16 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = not INTERPRET
-# Offsets and products at or above this use int64 (INT64 constexpr); read at
-# each launch.
+# In-sample values (offsets, lane indices, window products) that can reach
+# this make the launchers set INT64; read at each launch.
 INT32_LIMIT = 2**31
-# Tiles are tuned per feature size, layout, M and index width; not per batch
-# size, which would re-tune (and synchronise) at every new B.
+# Most programs of a launch grid (program_id(0)); read at each launch.
+GRID_LIMIT = 2**31 - 1
+# Key: C, H * W, layout, M and index width fix the valid tiles and their speed;
+# not B, which would re-tune (and synchronise) at every new batch size.
 AUTOTUNE_KEY = ["C", "HW", "CHANNELS_LAST", "MB", "M", "INT64"]
+# Scalar arguments not specialised on (== 1, % 16): a new B reuses the binary.
+UNSPECIALIZED = ["B"]
 
 # ---------------------------------------------------------------------------
 # Tuning: tile heuristics and autotune search spaces
@@ -198,19 +224,22 @@ def _prune(meta_fn):
     return prune
 
 
+def autotuner(fn, meta_fn, candidates):
+    """``fn`` autotuned over ``candidates`` (key: AUTOTUNE_KEY; the autotuner
+    adds the dtypes of the tensor arguments)."""
+    configs = [triton.Config({"TILE": tile}, num_warps=num_warps) for tile, num_warps in candidates]
+    return triton.autotune(
+        configs=configs,
+        key=AUTOTUNE_KEY,
+        prune_configs_by={"early_config_prune": _prune(meta_fn)},
+    )(fn)
+
+
 def _tuned(meta_fn, candidates):
-    """Autotunes a kernel on GPUs (key: AUTOTUNE_KEY; dtypes are added by the
-    autotuner); leaves it as it is under the interpreter."""
+    """Autotunes a kernel on GPUs; leaves it as it is under the interpreter."""
 
     def decorate(fn):
-        if not AUTOTUNE:
-            return fn
-        configs = [triton.Config({"TILE": tile}, num_warps=num_warps) for tile, num_warps in candidates]
-        return triton.autotune(
-            configs=configs,
-            key=AUTOTUNE_KEY,
-            prune_configs_by={"early_config_prune": _prune(meta_fn)},
-        )(fn)
+        return autotuner(fn, meta_fn, candidates) if AUTOTUNE else fn
 
     return decorate
 
@@ -228,8 +257,12 @@ def _tuned(meta_fn, candidates):
 def _tile_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                   INT64: tl.constexpr):
     """This element-wise program's sample b, first channel and [PB] pixel indices
-    (channel and pixel indices int64 if INT64)."""
+    (all int64 if INT64, computed from C and HW in int64: C + CB and HW + PB
+    may pass 2**31 too)."""
     pid = tl.program_id(0)
+    if INT64:
+        C = tl.cast(C, tl.int64)
+        HW = tl.cast(HW, tl.int64)
     n_cg = ((C + CB - 1) // CB + CHUNKS - 1) // CHUNKS
     n_pb = (HW + PB - 1) // PB
     per_sample = n_cg * n_pb
@@ -242,8 +275,6 @@ def _tile_program(C, HW, CB: tl.constexpr, PB: tl.constexpr, CHUNKS: tl.constexp
     else:
         cg = r // n_pb
         pb = r - cg * n_pb
-    if INT64:
-        return b, cg.to(tl.int64) * (CHUNKS * CB), pb.to(tl.int64) * PB + tl.arange(0, PB)
     return b, cg * (CHUNKS * CB), pb * PB + tl.arange(0, PB)
 
 
@@ -321,17 +352,18 @@ def _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box
 # ---------------------------------------------------------------------------
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, width, HW,
                         OPMATH: tl.constexpr, BLOCK: tl.constexpr):
     """lam [B], center [B, 2] (both OPMATH, contiguous) -> boxes int32 [B, 4],
-    area [B] (OPMATH): cutmix_box of box_math.h."""
-    n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    area [B] (OPMATH): cutmix_box of box_math.h. Indices and box arithmetic
+    are int64 (as in box_math.h: cy + cut_h / 2 may pass 2**31), which costs
+    nothing measurable in this O(B) kernel."""
+    n = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     valid = n < B
-    n64 = n.to(tl.int64)
-    lam = tl.load(lam_ptr + n64, mask=valid, other=0.0)
-    u_row = tl.load(center_ptr + 2 * n64, mask=valid, other=0.0)
-    u_col = tl.load(center_ptr + 2 * n64 + 1, mask=valid, other=0.0)
+    lam = tl.load(lam_ptr + n, mask=valid, other=0.0)
+    u_row = tl.load(center_ptr + 2 * n, mask=valid, other=0.0)
+    u_col = tl.load(center_ptr + 2 * n + 1, mask=valid, other=0.0)
     # The cut size in float64 whatever OPMATH is (the official code's numpy
     # rule): lam (exact in float64) clamped into [0, 1], NaN -> 0, then
     # trunc(size * sqrt(lam)); float64 sqrt and product are correctly rounded.
@@ -339,8 +371,8 @@ def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, wid
     lam64 = tl.where(lam64 >= 0, lam64, 0.0)  # NaN -> 0
     lam64 = tl.where(lam64 > 1, 1.0, lam64)
     cut_frac = tl.sqrt(lam64)
-    cut_h = (tl.cast(height, tl.float64) * cut_frac).to(tl.int32)  # truncation
-    cut_w = (tl.cast(width, tl.float64) * cut_frac).to(tl.int32)
+    cut_h = (tl.cast(height, tl.float64) * cut_frac).to(tl.int64)  # truncation
+    cut_w = (tl.cast(width, tl.float64) * cut_frac).to(tl.int64)
     h = tl.cast(height, OPMATH)
     w = tl.cast(width, OPMATH)
     # uniform_to_index: floor(u * size) clamped into [0, size - 1], NaN -> 0
@@ -350,31 +382,34 @@ def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, wid
     v_col = u_col * w
     v_col = tl.where(v_col >= 0, v_col, 0.0)
     v_col = tl.where(v_col > w - 1, w - 1, v_col)
-    cy = tl.floor(v_row).to(tl.int32)
-    cx = tl.floor(v_col).to(tl.int32)
+    cy = tl.floor(v_row).to(tl.int64)
+    cx = tl.floor(v_col).to(tl.int64)
     top = tl.minimum(tl.maximum(cy - cut_h // 2, 0), height)
     bottom = tl.minimum(tl.maximum(cy + cut_h // 2, 0), height)
     left = tl.minimum(tl.maximum(cx - cut_w // 2, 0), width)
     right = tl.minimum(tl.maximum(cx + cut_w // 2, 0), width)
-    row = boxes_ptr + 4 * n64
-    tl.store(row, top, mask=valid)
-    tl.store(row + 1, left, mask=valid)
-    tl.store(row + 2, bottom, mask=valid)
-    tl.store(row + 3, right, mask=valid)
-    area = ((bottom - top).to(tl.int64) * (right - left)).to(OPMATH)
+    row = boxes_ptr + 4 * n
+    tl.store(row, top.to(tl.int32), mask=valid)
+    tl.store(row + 1, left.to(tl.int32), mask=valid)
+    tl.store(row + 2, bottom.to(tl.int32), mask=valid)
+    tl.store(row + 3, right.to(tl.int32), mask=valid)
+    area = ((bottom - top) * (right - left)).to(OPMATH)
     if OPMATH == tl.float64:
         area = area / tl.cast(HW, OPMATH)
     else:
         area = tl.div_rn(area, tl.cast(HW, OPMATH))
-    tl.store(area_ptr + n64, area, mask=valid)
+    tl.store(area_ptr + n, area, mask=valid)
 
 
 @triton.jit
 def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: tl.constexpr,
                        INT64: tl.constexpr):
     """[B, 1, H, W] contiguous mask, 1 inside each box; one [BH, BW] tile
-    (in-sample offsets int64 if INT64)."""
+    (in-sample indices and offsets int64 if INT64)."""
     pid = tl.program_id(0)
+    if INT64:
+        height = tl.cast(height, tl.int64)
+        width = tl.cast(width, tl.int64)
     n_yb = (height + BH - 1) // BH
     n_xb = (width + BW - 1) // BW
     per_sample = n_yb * n_xb
@@ -390,7 +425,7 @@ def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: 
     y = yb * BH + tl.arange(0, BH)
     x = xb * BW + tl.arange(0, BW)
     if INT64:
-        y = y.to(tl.int64)
+        tl.static_assert(y.dtype == tl.int64 and x.dtype == tl.int64)
     inside = ((y >= top) & (y < bottom))[:, None] & ((x >= left) & (x < right))[None, :]
     valid = (y < height)[:, None] & (x < width)[None, :]
     base = out_ptr + b.to(tl.int64) * height * width
@@ -404,7 +439,7 @@ def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: 
 
 
 @_tuned(elementwise_meta, ELEMENTWISE_TUNING)
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def box_mix_kernel(x_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
                    scale, stride_m, stride_b, B, C, HW, height, width,
                    M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
@@ -423,6 +458,8 @@ def box_mix_kernel(x_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
         weights = weights[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
+        if INT64:  # checked at compile time (and by the interpreter tests)
+            tl.static_assert(c.dtype == tl.int64 and p.dtype == tl.int64)
         if CHANNELS_LAST:
             offs = p[:, None] * C + c[None, :]
             valid = pvalid[:, None] & (c < C)[None, :]
@@ -435,7 +472,7 @@ def box_mix_kernel(x_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
 
 
 @_tuned(elementwise_meta, ELEMENTWISE_TUNING)
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def box_mix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_ptr,
                             scale, out_stride_m, B, C, HW, height, width,
                             M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
@@ -454,6 +491,8 @@ def box_mix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_
         weights = weights[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
+        if INT64:  # checked at compile time (and by the interpreter tests)
+            tl.static_assert(c.dtype == tl.int64 and p.dtype == tl.int64)
         if CHANNELS_LAST:
             offs = p[:, None] * C + c[None, :]
             valid = pvalid[:, None] & (c < C)[None, :]
@@ -466,7 +505,7 @@ def box_mix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, scale_ptr, out_
 
 
 @_tuned(elementwise_meta, ELEMENTWISE_TUNING)
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def cutmix_unmix_kernel(f_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
                         ratio, out_stride_m, B, C, HW, h, w, box_h, box_w, channels,
                         M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, CHANNELS_LAST: tl.constexpr,
@@ -486,6 +525,8 @@ def cutmix_unmix_kernel(f_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
         masks = masks[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
+        if INT64:  # checked at compile time (and by the interpreter tests)
+            tl.static_assert(c.dtype == tl.int64 and p.dtype == tl.int64)
         if CHANNELS_LAST:
             offs = p[:, None] * C + c[None, :]
             valid = pvalid[:, None] & (c < C)[None, :]
@@ -501,7 +542,7 @@ def cutmix_unmix_kernel(f_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
 
 
 @_tuned(elementwise_meta, ELEMENTWISE_TUNING)
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def cutmix_unmix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr, out_ptr,
                                  ratio, stride_m, stride_b, B, C, HW, h, w, box_h, box_w, channels,
                                  M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr,
@@ -522,6 +563,8 @@ def cutmix_unmix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr,
         masks = masks[:, None, :]
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
+        if INT64:  # checked at compile time (and by the interpreter tests)
+            tl.static_assert(c.dtype == tl.int64 and p.dtype == tl.int64)
         if CHANNELS_LAST:
             offs = p[:, None] * C + c[None, :]
             valid = pvalid[:, None] & (c < C)[None, :]
@@ -554,9 +597,11 @@ def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_p
     rows = masks_ptr + (b.to(tl.int64) * M + i) * HW
     den = tl.zeros([MB], dtype=OPMATH)
     for j in range(NUM_PB):
-        p = j * PB + tl.arange(0, PB)
-        if INT64:  # the window math (y + 1) * box_h
-            p = p.to(tl.int64)
+        if INT64:  # HW + PB and the window math (y + 1) * box_h may pass 2**31
+            p = tl.cast(j, tl.int64) * PB + tl.arange(0, PB)
+            tl.static_assert(p.dtype == tl.int64)
+        else:
+            p = j * PB + tl.arange(0, PB)
         pvalid = p < HW
         masks = _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box_h, box_w,
                              M, MB, DEFAULT_W, OPMATH)
@@ -576,18 +621,19 @@ def unmix_masks_kernel(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, masks_ptr, inv_p
 
 
 @_tuned(pool_meta, POOL_TUNING)
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, channels,
                              M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr, OPMATH: tl.constexpr,
                              CB: tl.constexpr, PB: tl.constexpr, NUM_PB: tl.constexpr, INT64: tl.constexpr):
     """out[i, b, c] = sum_p f[b, c, p] masks[b, i, p] * inv[b, i] (c < channels),
     mean_p f[b, c, p] otherwise. One program per (b, channel block)."""
     pid = tl.program_id(0)
+    if INT64:  # C + CB, HW + PB and the offsets may pass 2**31
+        C = tl.cast(C, tl.int64)
+        HW = tl.cast(HW, tl.int64)
     n_cb = (C + CB - 1) // CB
     b = pid // n_cb
     c = (pid - b * n_cb) * CB + tl.arange(0, CB)
-    if INT64:
-        c = c.to(tl.int64)
     cvalid = c < C
     i = tl.arange(0, MB)
     sub = i < M
@@ -596,9 +642,11 @@ def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, chann
     acc = tl.zeros([MB, CB], dtype=OPMATH)
     plain = tl.zeros([CB], dtype=OPMATH)
     for j in range(NUM_PB):
-        p = j * PB + tl.arange(0, PB)
         if INT64:
-            p = p.to(tl.int64)
+            p = tl.cast(j, tl.int64) * PB + tl.arange(0, PB)
+            tl.static_assert(c.dtype == tl.int64 and p.dtype == tl.int64)
+        else:
+            p = j * PB + tl.arange(0, PB)
         pvalid = p < HW
         masks = tl.load(rows[:, None] + p[None, :], mask=sub[:, None] & pvalid[None, :], other=0.0)
         if CHANNELS_LAST:  # f: [PB, CB]
@@ -623,7 +671,7 @@ def cutmix_unmix_pool_kernel(f_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, chann
 
 
 @_tuned(elementwise_meta, ELEMENTWISE_TUNING)
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def cutmix_unmix_pool_backward_kernel(g_ptr, masks_ptr, inv_ptr, out_ptr, B, C, HW, channels,
                                       M: tl.constexpr, MB: tl.constexpr, CHANNELS_LAST: tl.constexpr,
                                       OPMATH: tl.constexpr, CB: tl.constexpr, PB: tl.constexpr,
@@ -646,6 +694,8 @@ def cutmix_unmix_pool_backward_kernel(g_ptr, masks_ptr, inv_ptr, out_ptr, B, C, 
     out_base = out_ptr + b.to(tl.int64) * C * HW
     for j in range(CHUNKS):
         c = c0 + j * CB + tl.arange(0, CB)
+        if INT64:
+            tl.static_assert(c.dtype == tl.int64 and p.dtype == tl.int64)
         cvalid = c < C
         g = tl.load(g_rows[:, None] + c[None, :], mask=sub[:, None] & cvalid[None, :], other=0.0).to(OPMATH)
         coef = g * inv[:, None]  # [MB, CB]

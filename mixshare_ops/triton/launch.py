@@ -7,6 +7,11 @@ follow the input's slice layout (:mod:`mixshare_ops._layout`), pooled outputs
 are contiguous ``[M, B, C]``, the pooling backward is channels_last when
 asked. Empty outputs are returned without launching anything.
 
+Sizes: each launcher first checks that its grid fits ``kernels.GRID_LIMIT``
+programs (else ``ValueError``, before any allocation or copy), and sets the
+kernels' ``INT64`` constexpr when an in-sample value they form can reach
+``kernels.INT32_LIMIT`` (both read at each call).
+
 The launchers work on CUDA tensors and, under the Triton interpreter
 (``TRITON_INTERPRET=1``), on CPU tensors.
 """
@@ -77,15 +82,69 @@ def _unmix_weights(inside_weight, outside_weight, opmath):
     return w_in.shape[1], w_in, w_out, False
 
 
-def _int64(*sizes: int) -> bool:
-    """Whether an in-sample offset or window product can reach kernels.INT32_LIMIT:
-    ``sizes`` are bounds on the largest such value."""
-    return max(sizes) >= kernels.INT32_LIMIT
+# More than any tile extent (CHUNKS * CB, PB, BH, BW): the channel and pixel
+# indices of a tile's padding lanes stay below the size plus this.
+_TILE_PAD = 2**16
+
+
+def _int64(*bounds: int) -> bool:
+    """Whether a kernel needs int64 in-sample arithmetic (its INT64 constexpr):
+    ``bounds`` bound the values it forms (offsets, lane indices, window products)."""
+    return max(bounds) >= kernels.INT32_LIMIT
+
+
+def _slice_bound(channels: int, hw: int) -> int:
+    """Bound on the in-sample values of the feature kernels: offsets c * HW + p
+    or p * C + c (< C * HW), channel and pixel indices of tile lanes (< C or
+    HW plus a tile)."""
+    return max(channels * hw, channels + _TILE_PAD, hw + _TILE_PAD)
 
 
 def _window_bound(h: int, w: int, box_height: int, box_width: int) -> int:
-    """Bound on the adaptive-pool window products (y + 1) * box_h, (x + 1) * box_w (plus rounding)."""
-    return max((h + 1) * box_height + h, (w + 1) * box_width + w)
+    """Bound on the adaptive-pool window math: (y + 1) * box_h + h - 1 (and x),
+    and the cell counts (y1 - y0) * (x1 - x0), each factor <= box_h // h + 2."""
+    return max((h + 1) * box_height + h, (w + 1) * box_width + w,
+               (box_height // h + 2) * (box_width // w + 2))
+
+
+def _check_grid(programs: int, op: str, what: str) -> None:
+    if programs > kernels.GRID_LIMIT:
+        raise ValueError(
+            f"{op} (Triton backend): {what} needs up to {programs} programs, more than a launch grid holds "
+            f"(kernels.GRID_LIMIT = {kernels.GRID_LIMIT}, Triton's limit on program_id(0)); "
+            "use a smaller batch or the cuda backend")
+
+
+def _candidates(tuning):
+    """(TILE, num_warps) candidates a launch may use: all when autotuning, else the default."""
+    return tuning if kernels.AUTOTUNE else tuning[:1]
+
+
+def _elementwise_grid_bound(batch: int, channels: int, hw: int, subnets: int) -> int:
+    """Most programs an element-wise launch can have, whatever tile it gets: a
+    tuned tile may come from another batch size, so CHUNKS = 1; CB and PB do
+    not depend on B."""
+    if batch * channels * hw <= kernels.GRID_LIMIT:  # every program covers an element
+        return batch * channels * hw
+    mb = kernels.next_pow2(subnets)
+    return max(kernels.elementwise_programs(batch, channels, hw,
+                                            {**kernels.elementwise_meta(1, channels, hw, channels_last, mb,
+                                                                        tile, warps), "CHUNKS": 1})
+               for tile, warps in _candidates(kernels.ELEMENTWISE_TUNING) for channels_last in (False, True))
+
+
+def _pool_grid_bound(batch: int, channels: int, hw: int, subnets: int) -> int:
+    """Most programs of the pooling forward (and of unmix_masks_kernel, B): the
+    smallest channel block a tile can have is pool_meta's at B = 1."""
+    if batch * channels <= kernels.GRID_LIMIT:  # CB >= 1; unmix_masks_kernel: B programs
+        return batch * channels
+    mb = kernels.next_pow2(subnets)
+    return max(batch * kernels.cdiv(channels, kernels.pool_meta(1, channels, hw, channels_last, mb, tile, warps)["CB"])
+               for tile, warps in _candidates(kernels.POOL_TUNING) for channels_last in (False, True))
+
+
+def _what(name: str, batch: int, channels: int, height: int, width: int) -> str:
+    return f"{name} with B = {batch} samples of C * H * W = {channels} * {height} * {width}"
 
 
 def _run(kernel, grid, args, consts, default_meta):
@@ -104,13 +163,12 @@ def _launch_elementwise(kernel, args, *, batch, channels, hw, subnets, layout, o
     mb = kernels.next_pow2(subnets)
     channels_last = layout == CHANNELS_LAST
     consts.update(M=subnets, MB=mb, CHANNELS_LAST=channels_last, OPMATH=_tl_dtype(opmath),
-                  INT64=_int64(channels * hw + max(channels, hw), window))
+                  INT64=_int64(_slice_bound(channels, hw), window))
 
     def grid(meta):
         programs = kernels.elementwise_programs(batch, channels, hw, meta)
-        if programs >= 2**31:
-            raise ValueError(f"Triton backend: {programs} programs for a [{batch}, {channels}, {hw}] problem, "
-                             "more than a launch grid holds (2**31 - 1)")
+        # the launchers' _elementwise_grid_bound has refused such sizes before allocating
+        _check_grid(programs, "Triton element-wise kernel", f"a [B, C, H * W] = [{batch}, {channels}, {hw}] problem")
         return (programs,)
 
     _run(kernel, grid, args, consts, lambda: kernels.elementwise_meta(batch, channels, hw, channels_last, mb))
@@ -129,7 +187,7 @@ def _unmix_masks(boxes, w_in, w_out, default, subnets, batch, h, w, box_height, 
         boxes, w_in, w_out, ratio_t, masks, inv,
         ratio_v, h, w, box_height, box_width, hw,
         M=subnets, MB=mb, DEFAULT_W=default, MASKED=normalize == "masked", OPMATH=_tl_dtype(opmath),
-        INT64=_int64(hw + meta["PB"], _window_bound(h, w, box_height, box_width)), **meta,
+        INT64=_int64(hw + _TILE_PAD, _window_bound(h, w, box_height, box_width)), **meta,
     )
     return masks, inv
 
@@ -139,6 +197,7 @@ def cutmix_boxes(lam, center, height, width):
     height, width = int(height), int(width)
     compute = torch.float64 if torch.float64 in (lam.dtype, center.dtype) else torch.float32
     batch = lam.shape[0]
+    _check_grid(kernels.cdiv(batch, _BOXES_BLOCK), "cutmix_boxes", f"lam with B = {batch}")
     boxes = torch.empty((batch, 4), dtype=torch.int32, device=lam.device)
     area = torch.empty((batch,), dtype=compute, device=lam.device)
     if batch > 0:
@@ -156,12 +215,13 @@ def cutmix_mask(boxes, height, width, dtype):
     """[B, 1, H, W] mask in dtype: 1 inside each box."""
     height, width = int(height), int(width)
     batch = boxes.shape[0]
-    out = torch.empty((batch, 1, height, width), dtype=dtype, device=boxes.device)
-    if out.numel() == 0:
-        return out
     bw = min(kernels.next_pow2(width), 256)
     bh = min(kernels.next_pow2(height), max(1, _MASK_TILE // bw))
     grid = (batch * kernels.cdiv(height, bh) * kernels.cdiv(width, bw),)
+    _check_grid(grid[0], "cutmix_mask", f"boxes with B = {batch} on a {height} x {width} grid")
+    out = torch.empty((batch, 1, height, width), dtype=dtype, device=boxes.device)
+    if out.numel() == 0:
+        return out
     with _on_device(boxes):
         kernels.cutmix_mask_kernel[grid](boxes.contiguous(), out, height, width, BH=bh, BW=bw,
                                          INT64=_int64((height + bh) * width + bw), num_warps=4)
@@ -170,8 +230,10 @@ def cutmix_mask(boxes, height, width, dtype):
 
 def box_mix(x, boxes, inside_weight, outside_weight, scale):
     """Stacked x [M, B, C, H, W] -> mixed [B, C, H, W] in x's slice layout."""
-    x, layout = stacked_layout(x)
     subnets, batch, channels, height, width = x.shape
+    _check_grid(_elementwise_grid_bound(batch, channels, height * width, subnets), "box_mix",
+                _what("x", batch, channels, height, width))
+    x, layout = stacked_layout(x)
     out = empty_features(batch, channels, height, width, layout, dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
@@ -192,9 +254,11 @@ def box_mix(x, boxes, inside_weight, outside_weight, scale):
 
 def box_mix_backward(grad_out, boxes, inside_weight, outside_weight, scale):
     """grad_out [B, C, H, W] -> grad_x [M, B, C, H, W] in grad_out's slice layout."""
-    grad_out, layout = feature_layout(grad_out)
     batch, channels, height, width = grad_out.shape
     subnets = inside_weight.shape[1]
+    _check_grid(_elementwise_grid_bound(batch, channels, height * width, subnets), "box_mix_backward",
+                _what("grad_out", batch, channels, height, width))
+    grad_out, layout = feature_layout(grad_out)
     grad_x = empty_stacked(subnets, batch, channels, height, width, layout, dtype=grad_out.dtype,
                            device=grad_out.device)
     if grad_x.numel() == 0:
@@ -216,8 +280,11 @@ def box_mix_backward(grad_out, boxes, inside_weight, outside_weight, scale):
 
 def cutmix_unmix(features, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels):
     """features [B, C, h, w] -> unmixed [M, B, C, h, w] in features' slice layout."""
-    features, layout = feature_layout(features)
     batch, num_channels, h, w = features.shape
+    subnets = 2 if inside_weight is None else inside_weight.shape[1]
+    _check_grid(_elementwise_grid_bound(batch, num_channels, h * w, subnets), "cutmix_unmix",
+                _what("features", batch, num_channels, h, w))
+    features, layout = feature_layout(features)
     opmath = _opmath(features.dtype)
     subnets, w_in, w_out, default = _unmix_weights(inside_weight, outside_weight, opmath)
     out = empty_stacked(subnets, batch, num_channels, h, w, layout, dtype=features.dtype, device=features.device)
@@ -238,8 +305,10 @@ def cutmix_unmix(features, boxes, inside_weight, outside_weight, box_height, box
 
 def cutmix_unmix_backward(grad_out, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels):
     """grad_out [M, B, C, h, w] -> grad_features [B, C, h, w] in grad_out's slice layout."""
-    grad_out, layout = stacked_layout(grad_out)
     subnets, batch, num_channels, h, w = grad_out.shape
+    _check_grid(_elementwise_grid_bound(batch, num_channels, h * w, subnets), "cutmix_unmix_backward",
+                _what("grad_out", batch, num_channels, h, w))
+    grad_out, layout = stacked_layout(grad_out)
     grad_f = empty_features(batch, num_channels, h, w, layout, dtype=grad_out.dtype, device=grad_out.device)
     if grad_f.numel() == 0:
         return grad_f
@@ -262,8 +331,11 @@ def cutmix_unmix_backward(grad_out, boxes, inside_weight, outside_weight, box_he
 def cutmix_unmix_pool(features, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels,
                       normalize):
     """features [B, C, h, w] -> pooled [M, B, C] (contiguous)."""
-    features, layout = feature_layout(features)
     batch, num_channels, h, w = features.shape
+    subnets = 2 if inside_weight is None else inside_weight.shape[1]
+    _check_grid(_pool_grid_bound(batch, num_channels, h * w, subnets), "cutmix_unmix_pool",
+                _what("features", batch, num_channels, h, w))
+    features, layout = feature_layout(features)
     opmath = _opmath(features.dtype)
     subnets, w_in, w_out, default = _unmix_weights(inside_weight, outside_weight, opmath)
     out = torch.empty((subnets, batch, num_channels), dtype=features.dtype, device=features.device)
@@ -276,7 +348,7 @@ def cutmix_unmix_pool(features, boxes, inside_weight, outside_weight, box_height
         masks, inv = _unmix_masks(boxes.contiguous(), w_in, w_out, default, subnets, batch, h, w, int(box_height),
                                   int(box_width), ratio, normalize, opmath, features.device)
         consts = dict(M=subnets, MB=mb, CHANNELS_LAST=channels_last, OPMATH=_tl_dtype(opmath),
-                      INT64=_int64(num_channels * hw + max(num_channels, hw)))
+                      INT64=_int64(_slice_bound(num_channels, hw)))
 
         def grid(meta):
             return (batch * kernels.cdiv(num_channels, meta["CB"]),)
@@ -292,6 +364,8 @@ def cutmix_unmix_pool_backward(grad_out, boxes, inside_weight, outside_weight, b
     """grad_out [M, B, C] -> grad_features [B, C, height, width] (channels_last if asked)."""
     subnets, batch, num_channels = grad_out.shape
     h, w = int(height), int(width)
+    _check_grid(_elementwise_grid_bound(batch, num_channels, h * w, subnets), "cutmix_unmix_pool_backward",
+                _what("grad_out", batch, num_channels, h, w))
     layout = CHANNELS_LAST if channels_last else CHANNELS_FIRST
     grad_f = empty_features(batch, num_channels, h, w, layout, dtype=grad_out.dtype, device=grad_out.device)
     if grad_f.numel() == 0:
