@@ -112,6 +112,15 @@ MIXSHARE_HOST_DEVICE T subnet_weight(const T* weights, int64_t b, int64_t i, int
 }
 
 // The per-sample quantities every unmixing kernel needs for one subnetwork.
+// The weight map averaged over a window whose `fraction` (covered / cells)
+// lies in the box: exactly `outside` when no cell is covered and `inside`
+// when all are, so a non-finite weight of the side the window does not touch
+// never enters (as averaging the weight map itself gives).
+template <typename T>
+MIXSHARE_HOST_DEVICE T window_weight(T inside, T outside, T fraction) {
+  return fraction == T(0) ? outside : (fraction == T(1) ? inside : outside + (inside - outside) * fraction);
+}
+
 template <typename T>
 struct UnmixParams {
   Box box;          // on the box grid
@@ -127,7 +136,7 @@ struct UnmixParams {
     const int64_t x0 = adaptive_start(q, w, box_w), x1 = adaptive_end(q, w, box_w);
     const int64_t covered = overlap(y0, y1, box.top, box.bottom) * overlap(x0, x1, box.left, box.right);
     const int64_t cells = (y1 - y0) * (x1 - x0);
-    const T m = outside + (inside - outside) * (static_cast<T>(covered) / static_cast<T>(cells));
+    const T m = window_weight(inside, outside, static_cast<T>(covered) / static_cast<T>(cells));
     return m + ratio * (T(1) - m);
   }
 };

@@ -147,6 +147,9 @@ at::Tensor weights_arg(const at::Tensor& weights, const char* name, const at::Te
               " must have shape [B, M] = [", batch, ", ", subnets, "], got ", weights.sizes());
   check_floating(weights, name);
   check_same_device(weights, like, name, like_name);
+  // The ops differentiate with respect to the features only: a weight gradient would be dropped.
+  TORCH_CHECK_VALUE(!weights.requires_grad(), name,
+                    " must not require grad: the mixing ops are differentiable with respect to the features only");
   return weights.to(opmath).contiguous();
 }
 
@@ -167,6 +170,8 @@ UnmixWeights unmix_weights_arg(const std::optional<at::Tensor>& inside_weight,
   out.outside = weights_arg(*outside_weight, "outside_weight", like, like_name, batch, out.subnets, opmath);
   return out;
 }
+
+void check_scale(double scale) { TORCH_CHECK_VALUE(std::isfinite(scale), "scale must be finite, got ", scale); }
 
 void check_unmix_scalars(int64_t box_height, int64_t box_width, int64_t height, int64_t width, double ratio,
                          int64_t channels, int64_t num_channels) {

@@ -29,6 +29,8 @@ at::ScalarType opmath_dtype(at::ScalarType dtype);
 
 void check_floating(const at::Tensor& t, const char* name);
 void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name);
+// box_mix's scale: finite.
+void check_scale(double scale);
 void check_positive_size(int64_t value, const char* name);
 
 // A 4-D [B, C, H, W] tensor in NCHW-contiguous or channels_last memory

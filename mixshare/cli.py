@@ -72,14 +72,15 @@ def cmd_train(args) -> int:
 def _model_from_checkpoint(path, device):
     import torch
 
+    from mixshare.files import load_checkpoint, load_weights
     from mixshare.models import model_from_config
-    from mixshare.train import load_checkpoint, resolve_device
+    from mixshare.train import resolve_device
 
     state = load_checkpoint(path)
     config = cfg.apply(cfg.Config(), state["config"], path)
     device = resolve_device(device or "auto")
     model = model_from_config(config, int(state["num_classes"]))
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], path)
     return model.to(device).eval(), config, state, device
 
 
@@ -107,20 +108,20 @@ def cmd_eval(args) -> int:
 def cmd_analyze(args) -> int:
     from mixshare import analysis
     from mixshare.evaluate import write_plots
-    from mixshare.train import atomic_write_text
+    from mixshare.files import atomic_write_text, output_folder
 
     model, config, state, device = _model_from_checkpoint(args.checkpoint, args.device)
     dataset = _dataset_for(config, args.data_dir, device)
-    os.makedirs(args.out, exist_ok=True)
-    report = analysis.feature_sharing_report(model)
-    variances = analysis.conditional_variance(model, dataset.test_images[: args.num_images])
-    report["conditional_variance"] = [v.tolist() for v in variances]
-    if hasattr(model, "stage_names"):
-        report["conditional_variance_stages"] = model.stage_names()
-    if hasattr(model, "source_attention") and model.num_subnets > 1:
-        report["source_attention"] = analysis.source_attention(model, dataset.test_images[: args.num_images]).tolist()
-    report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images)
-    atomic_write_text(os.path.join(args.out, "analysis.json"), json.dumps(report, indent=2) + "\n")
+    with output_folder(args.out):
+        report = analysis.feature_sharing_report(model)
+        variances = analysis.conditional_variance(model, dataset.test_images[: args.num_images])
+        report["conditional_variance"] = [v.tolist() for v in variances]
+        if hasattr(model, "stage_names"):
+            report["conditional_variance_stages"] = model.stage_names()
+        if hasattr(model, "source_attention") and model.num_subnets > 1:
+            report["source_attention"] = analysis.source_attention(model, dataset.test_images[: args.num_images]).tolist()
+        report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images)
+        atomic_write_text(os.path.join(args.out, "analysis.json"), json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("encoder_share_rate", "classifier_share_rate", "plots")}, indent=2))
     return 0
 
@@ -151,7 +152,8 @@ def comparison_table(results: dict) -> str:
 
 
 def cmd_compare(args) -> int:
-    from mixshare.train import atomic_write_text, train
+    from mixshare.files import atomic_write_text
+    from mixshare.train import train
 
     methods = args.methods
     if methods is None:
@@ -223,7 +225,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (cfg.ConfigError, ValueError, FileNotFoundError) as exc:
+    except (cfg.ConfigError, ValueError, OSError) as exc:  # expected failures: one line, exit 2
         print(f"mixshare {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -9,9 +9,7 @@ uninterrupted one. Under ``torchrun`` it trains with DistributedDataParallel
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import json
 import math
 import os
@@ -26,54 +24,13 @@ import torch.nn.functional as F
 import mixshare_ops
 from mixshare import data, methods
 from mixshare.config import Config, validate
+from mixshare.files import CHECKPOINT, atomic_write_text, load_checkpoint, load_weights, output_folder, \
+    save_checkpoint, write_history
 from mixshare.evaluate import evaluate_model, final_report
 from mixshare.models import model_from_config
 
-CHECKPOINT = "checkpoint.pt"
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# ------------------------------------------------------------------ file I/O
-
-
-def atomic_write_bytes(path: str, payload: bytes) -> None:
-    """Writes via a temporary file in the same folder and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(payload)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def save_checkpoint(path: str, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """Loads a checkpoint with ``weights_only=True`` (no arbitrary code)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def write_history(path: str, rows: list[dict]) -> None:
-    if not rows:
-        return
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, out.getvalue())
 
 
 # --------------------------------------------------------------- set-up
@@ -218,15 +175,20 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
     """Trains, evaluates and analyses; returns the final metrics.
 
     ``stop_after_epoch`` ends the run early after that epoch (as if killed),
-    leaving a checkpoint to resume from.
+    leaving a checkpoint to resume from. A run that fails before writing
+    anything leaves no output folder behind (see :func:`mixshare.files.output_folder`).
     """
     validate(config)
+    with output_folder(out_dir):
+        return _train(config, out_dir, resume, stop_after_epoch)
+
+
+def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optional[int]) -> dict:
     device = resolve_device(config.device)
     ddp = setup_distributed(device)
     if ddp.enabled and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", ddp.rank)))
         torch.cuda.set_device(device)
-    os.makedirs(out_dir, exist_ok=True)
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
 
     torch.manual_seed(config.seed)
@@ -259,7 +221,7 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
 
     if resume and os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=device)
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         batch_gen.set_state(state["batch_gen"].cpu())

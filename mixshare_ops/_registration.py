@@ -14,6 +14,10 @@ by the forward ops: double backward works.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
+
 import torch
 
 from mixshare_ops import _extension, _layout
@@ -35,13 +39,23 @@ def _fake_cutmix_mask(boxes, height, width, dtype):
     return boxes.new_empty((boxes.shape[0], 1, height, width), dtype=dtype)
 
 
+def _check_mix_arguments(inside_weight, outside_weight, scale) -> None:
+    """What the kernels check of box_mix's weights and scale, also at trace time."""
+    torch._check(math.isfinite(scale), lambda: f"scale must be finite, got {scale}")
+    for name, weights in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
+        torch._check(not weights.requires_grad, lambda: f"{name} must not require grad: the mixing ops are "
+                     "differentiable with respect to the features only")
+
+
 def _fake_box_mix(x, boxes, inside_weight, outside_weight, scale):
+    _check_mix_arguments(inside_weight, outside_weight, scale)
     _, batch, channels, height, width = x.shape
     _, layout = _layout.stacked_layout(x)
     return _layout.empty_features(batch, channels, height, width, layout, dtype=x.dtype, device=x.device)
 
 
 def _fake_box_mix_backward(grad_out, boxes, inside_weight, outside_weight, scale):
+    _check_mix_arguments(inside_weight, outside_weight, scale)
     batch, channels, height, width = grad_out.shape
     _, layout = _layout.feature_layout(grad_out)
     return _layout.empty_stacked(
@@ -77,6 +91,29 @@ def _fake_cutmix_unmix_pool_backward(
     _, batch, num_channels = grad_out.shape
     layout = _layout.CHANNELS_LAST if channels_last else _layout.CHANNELS_FIRST
     return _layout.empty_features(batch, num_channels, height, width, layout, dtype=grad_out.dtype, device=grad_out.device)
+
+
+def _same_device(fake):
+    """The fake, after checking that its tensor arguments share one device.
+
+    The dispatcher runs the fake (the Meta kernel) as soon as one argument is
+    a meta tensor, so this is what refuses a mix such as CPU features with
+    meta boxes, which no device kernel would see."""
+    names = list(inspect.signature(fake).parameters)
+
+    @functools.wraps(fake)
+    def checked(*args, **kwargs):
+        tensors = [(name, value) for name, value in [*zip(names, args), *kwargs.items()]
+                   if isinstance(value, torch.Tensor)]
+        first_name, first = tensors[0]
+        for name, value in tensors[1:]:
+            torch._check(
+                value.device == first.device,
+                lambda: f"{name} must be on the device of {first_name} ({first.device}), got {value.device}",
+            )
+        return fake(*args, **kwargs)
+
+    return checked
 
 
 FAKES = {
@@ -174,7 +211,7 @@ def register_all() -> None:
     prefixes = ["triton_"] + ([""] if _extension.loaded() else [])
     for prefix in prefixes:
         for name, fake in FAKES.items():
-            torch.library.register_fake(f"mixshare_ops::{prefix}{name}", fake)
+            torch.library.register_fake(f"mixshare_ops::{prefix}{name}", _same_device(fake))
     _register_autograd("triton_")
     # A library built before csrc/autograd.cpp existed has no C++ formulas:
     # give it the Python ones rather than ops that silently don't differentiate.

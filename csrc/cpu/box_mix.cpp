@@ -180,6 +180,7 @@ MixArgs<scalar_t> mix_args(const at::Tensor& boxes, const at::Tensor& w_in, cons
 at::Tensor box_mix_cpu(const at::Tensor& x, const at::Tensor& boxes, const at::Tensor& inside_weight,
                        const at::Tensor& outside_weight, double scale) {
   const StackedArg in = stacked_arg(x, "x");
+  check_scale(scale);
   const at::Tensor boxes_c = boxes_arg(boxes, x, "x", in.batch, in.height, in.width);
   const auto opmath = opmath_dtype(x.scalar_type());
   const at::Tensor w_in = weights_arg(inside_weight, "inside_weight", x, "x", in.batch, in.subnets, opmath);
@@ -202,6 +203,7 @@ at::Tensor box_mix_cpu(const at::Tensor& x, const at::Tensor& boxes, const at::T
 at::Tensor box_mix_backward_cpu(const at::Tensor& grad_out, const at::Tensor& boxes, const at::Tensor& inside_weight,
                                 const at::Tensor& outside_weight, double scale) {
   const FeatureArg g = feature_arg(grad_out, "grad_out");
+  check_scale(scale);
   TORCH_CHECK_VALUE(inside_weight.dim() == 2, "inside_weight must have shape [B, M], got ", inside_weight.sizes());
   const int64_t M = inside_weight.size(1);
   TORCH_CHECK_VALUE(M >= 2, "inside_weight must have M >= 2 columns (one per subnetwork), got ", M);

@@ -63,7 +63,7 @@ class UnmixMasks {
       const T* __restrict fraction = fraction_.data();
       T* __restrict mask = masks_.data() + i * hw;
       for (int64_t k = 0; k < hw; ++k) {
-        const T m = outside + (inside - outside) * fraction[k];
+        const T m = detail::window_weight(inside, outside, fraction[k]);
         mask[k] = m + ratio_ * (T(1) - m);
       }
     }

@@ -1,0 +1,87 @@
+"""Hostile input to the raw operators (``torch.ops.mixshare_ops.*``, compiled and Triton): refused with
+a message, never answered on the wrong device or silently wrong."""
+
+import pytest
+import torch
+
+import mixshare_ops
+from tests.cases import MIX_CASES, UNMIX_CASES
+
+MIX = next(c for c in MIX_CASES if c.name == "m2")
+UNMIX = next(c for c in UNMIX_CASES if c.name == "m3_partial")
+
+
+def _raw_args():
+    """{op name: positional arguments (CPU)} for every operator, from the shared sample cases."""
+    x, boxes, inside, outside, scale = MIX.make()
+    features_args = UNMIX.op_args()
+    features, unmix_boxes = features_args[0], features_args[1]
+    grad_pooled = torch.randn(3, *features.shape[:2])
+    return {
+        "cutmix_boxes": (torch.rand(4), torch.rand(4, 2), 8, 8),
+        "cutmix_mask": (boxes, MIX.height, MIX.width, torch.float32),
+        "box_mix": (x, boxes, inside, outside, scale),
+        "box_mix_backward": (x[0], boxes, inside, outside, scale),
+        "cutmix_unmix": features_args,
+        "cutmix_unmix_backward": (torch.randn(3, *features.shape),) + features_args[1:],
+        "cutmix_unmix_pool": UNMIX.op_args(pool=True),
+        "cutmix_unmix_pool_backward": (grad_pooled,) + UNMIX.op_args(pool=True)[1:]
+        + (features.shape[2], features.shape[3], False),
+    }
+
+
+def _prefixes():
+    out = [pytest.param("triton_", id="triton")]
+    if mixshare_ops.backend_info()["extension_loaded"]:
+        out.append(pytest.param("", id="compiled"))
+    return out
+
+
+MIXED_DEVICE_CASES = [  # ops with two or more tensor arguments, each argument in turn
+    (name, i) for name, args in _raw_args().items() for i, a in enumerate(args)
+    if isinstance(a, torch.Tensor) and sum(isinstance(b, torch.Tensor) for b in args) > 1
+]
+
+
+@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("name, index", MIXED_DEVICE_CASES, ids=lambda v: str(v))
+def test_one_meta_argument_is_a_device_mismatch(prefix, name, index):
+    """One argument on meta and the rest on CPU: an error naming the devices, not a meta or
+    uninitialised result."""
+    args = list(_raw_args()[name])
+    args[index] = args[index].to("meta")
+    op = getattr(torch.ops.mixshare_ops, prefix + name)
+    with pytest.raises(RuntimeError, match="must be on the device of"):
+        op(*args)
+
+
+@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("name", list(_raw_args()))
+def test_all_meta_arguments_give_meta_results(prefix, name):
+    args = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in _raw_args()[name]]
+    out = getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+    for t in out if isinstance(out, tuple) else (out,):
+        assert t.device.type == "meta"
+
+
+@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("name", ["box_mix", "box_mix_backward"])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf")], ids=str)
+def test_raw_box_mix_refuses_a_non_finite_scale(prefix, name, device, scale):
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in _raw_args()[name]]
+    args[4] = scale
+    with pytest.raises((ValueError, RuntimeError), match="scale must be finite"):
+        getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+
+
+@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("name", ["box_mix", "box_mix_backward"])
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+@pytest.mark.parametrize("which", [2, 3], ids=["inside_weight", "outside_weight"])
+def test_raw_box_mix_refuses_weights_that_require_grad(prefix, name, device, which):
+    """Their gradient would be silently dropped: the ops differentiate with respect to the features only."""
+    args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in _raw_args()[name]]
+    args[which] = args[which].clone().requires_grad_()
+    with pytest.raises((ValueError, RuntimeError), match="must not require grad"):
+        getattr(torch.ops.mixshare_ops, prefix + name)(*args)
