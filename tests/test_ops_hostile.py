@@ -85,3 +85,34 @@ def test_raw_box_mix_refuses_weights_that_require_grad(prefix, name, device, whi
     args[which] = args[which].clone().requires_grad_()
     with pytest.raises((ValueError, RuntimeError), match="must not require grad"):
         getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+
+
+def _unmix_backends():
+    out = ["reference", "triton"]
+    if mixshare_ops.backend_info()["cpu_kernels"]:
+        out.append("cpu")
+    return out
+
+
+@pytest.mark.parametrize("backend", _unmix_backends())
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")], ids=str)
+@pytest.mark.parametrize("side", ["inside", "outside"])
+@pytest.mark.parametrize("pool", [False, True], ids=["unmix", "pool"])
+def test_non_finite_weights_stay_on_their_side_of_the_box(backend, bad, side, pool):
+    """A non-finite weight reaches only the mask cells whose window the box touches (inside) or
+    leaves (outside): elsewhere the other weight alone, as averaging the weight map gives."""
+    features = torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([[0, 0, 2, 2], [4, 4, 8, 8]], dtype=torch.int32)  # a quarter of the 8x8 grid
+    inside, outside = torch.full((2, 2), 0.25), torch.full((2, 2), 0.75)
+    (inside if side == "inside" else outside)[0, 0] = bad
+    kwargs = dict(box_size=(8, 8), ratio=0.0)
+    op = mixshare_ops.cutmix_unmix_pool if pool else mixshare_ops.cutmix_unmix
+    out = op(features, boxes, inside, outside, backend=backend, **kwargs)
+    if backend == "reference":
+        masks = torch.ops.aten.isfinite(out)
+        if not pool:  # the rule itself: cells away from the bad side are finite
+            far = (slice(1, 4), slice(1, 4)) if side == "inside" else (slice(0, 1), slice(0, 1))
+            assert masks[0, 0][:, far[0], far[1]].all()
+            assert not masks[0, 0].all()
+    expected = getattr(mixshare_ops.reference, op.__name__)(features, boxes, inside, outside, **kwargs)
+    torch.testing.assert_close(out, expected, equal_nan=True)

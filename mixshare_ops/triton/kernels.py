@@ -343,7 +343,11 @@ def _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box
         frac = covered / cells
     else:
         frac = tl.div_rn(covered, cells)
-    m = w_out[:, None] + (w_in - w_out)[:, None] * frac[None, :]
+    # window_weight of box_math.h: the outside (inside) weight alone where the
+    # box covers none (all) of the window, so a non-finite weight of the other
+    # side never enters
+    blend = w_out[:, None] + (w_in - w_out)[:, None] * frac[None, :]
+    m = tl.where(frac[None, :] == 0, w_out[:, None], tl.where(frac[None, :] == 1, w_in[:, None], blend))
     return m + r * (1.0 - m)
 
 
