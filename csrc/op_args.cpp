@@ -51,6 +51,25 @@ bool is_channels_first_slice(const at::Tensor& t, int64_t first) {
 }
 }  // namespace
 
+namespace {
+
+// A tensor the kernels cannot read in place is copied first; a broadcast
+// (stride-0) view grows to its full size in that copy, so past this many
+// bytes it is refused instead (MAX_BROADCAST_COPY_BYTES in mixshare_ops/_layout.py).
+constexpr int64_t kMaxBroadcastCopyBytes = int64_t{1} << 30;
+
+at::Tensor dense_copy(const at::Tensor& t, const char* name) {
+  bool broadcast = false;
+  for (int64_t d = 0; d < t.dim(); ++d) broadcast = broadcast || (t.stride(d) == 0 && t.size(d) > 1);
+  const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
+  TORCH_CHECK_VALUE(!broadcast || bytes <= kMaxBroadcastCopyBytes, name, " is a broadcast (stride-0) view of shape ",
+                    t.sizes(), ": the kernels would copy it to ", bytes, " bytes, above the limit of ",
+                    kMaxBroadcastCopyBytes, " (1 GiB); pass ", name, ".contiguous() to copy it anyway");
+  return t.contiguous();
+}
+
+}  // namespace
+
 FeatureArg feature_arg(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D [B, C, H, W] tensor, got ", t.dim(), " dims with shape ",
               t.sizes());
@@ -69,7 +88,7 @@ FeatureArg feature_arg(const at::Tensor& t, const char* name) {
     arg.data = t;
     arg.layout = Layout::kChannelsLast;
   } else {
-    arg.data = t.contiguous();
+    arg.data = dense_copy(t, name);
     arg.layout = Layout::kChannelsFirst;
   }
   return arg;
@@ -95,7 +114,7 @@ StackedArg stacked_arg(const at::Tensor& t, const char* name) {
     arg.data = t;
     arg.layout = Layout::kChannelsLast;
   } else {
-    arg.data = t.contiguous();
+    arg.data = dense_copy(t, name);
     arg.layout = Layout::kChannelsFirst;
   }
   arg.stride_subnet = arg.data.stride(0);

@@ -57,7 +57,7 @@ def _fake_box_mix(x, boxes, inside_weight, outside_weight, scale):
 def _fake_box_mix_backward(grad_out, boxes, inside_weight, outside_weight, scale):
     _check_mix_arguments(inside_weight, outside_weight, scale)
     batch, channels, height, width = grad_out.shape
-    _, layout = _layout.feature_layout(grad_out)
+    _, layout = _layout.feature_layout(grad_out, "grad_out")
     return _layout.empty_stacked(
         inside_weight.shape[1], batch, channels, height, width, layout, dtype=grad_out.dtype, device=grad_out.device
     )
@@ -73,7 +73,7 @@ def _fake_cutmix_unmix(features, boxes, inside_weight, outside_weight, box_heigh
 
 def _fake_cutmix_unmix_backward(grad_out, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels):
     _, batch, num_channels, height, width = grad_out.shape
-    _, layout = _layout.stacked_layout(grad_out)
+    _, layout = _layout.stacked_layout(grad_out, "grad_out")
     return _layout.empty_features(batch, num_channels, height, width, layout, dtype=grad_out.dtype, device=grad_out.device)
 
 

@@ -116,3 +116,39 @@ def test_non_finite_weights_stay_on_their_side_of_the_box(backend, bad, side, po
             assert not masks[0, 0].all()
     expected = getattr(mixshare_ops.reference, op.__name__)(features, boxes, inside, outside, **kwargs)
     torch.testing.assert_close(out, expected, equal_nan=True)
+
+
+def _broadcast_args(name):
+    """Arguments of ``name`` whose feature input is one value broadcast (stride 0) to 20000 x 20000
+    (1.6 GB once copied) and whose other arguments are small and valid."""
+    big = torch.zeros(1, 1, 1, 1).expand(1, 1, 20000, 20000)
+    boxes = torch.tensor([[0, 0, 100, 100]], dtype=torch.int32)
+    w = torch.tensor([[1.0, 0.0]])
+    if name == "box_mix":
+        return (big.unsqueeze(0).expand(2, 1, 1, 20000, 20000), boxes, w, 1 - w, 2.0)
+    if name == "box_mix_backward":
+        return (big, boxes, w, 1 - w, 2.0)
+    if name == "cutmix_unmix":
+        return (big, boxes, None, None, 20000, 20000, 0.5, 1)
+    if name == "cutmix_unmix_backward":
+        return (big.unsqueeze(0).expand(2, 1, 1, 20000, 20000), boxes, None, None, 20000, 20000, 0.5, 1)
+    return (big, boxes, None, None, 20000, 20000, 0.5, 1, "mean")
+
+
+@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("name", ["box_mix", "box_mix_backward", "cutmix_unmix", "cutmix_unmix_backward",
+                                  "cutmix_unmix_pool"])
+def test_broadcast_inputs_are_not_copied_past_the_limit(prefix, name):
+    """A stride-0 view the kernels would have to copy to more than 1 GiB is refused before any copy."""
+    with pytest.raises(ValueError, match=r"broadcast \(stride-0\) view .* above the limit of 1073741824"):
+        getattr(torch.ops.mixshare_ops, prefix + name)(*_broadcast_args(name))
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_small_broadcast_inputs_still_work(backend):
+    if backend not in mixshare_ops.available_backends("cpu"):
+        pytest.skip(f"{backend} not usable here")
+    features = torch.randn(1, 3, 5, 5).expand(4, 3, 5, 5)  # stride 0 over B: copied (small)
+    boxes = torch.tensor([[0, 0, 2, 2], [1, 1, 5, 5], [0, 0, 0, 0], [0, 0, 5, 5]], dtype=torch.int32)
+    out = mixshare_ops.cutmix_unmix(features, boxes, ratio=0.5, backend=backend)
+    torch.testing.assert_close(out, mixshare_ops.reference.cutmix_unmix(features, boxes, ratio=0.5))

@@ -258,7 +258,7 @@ def box_mix_backward(grad_out, boxes, inside_weight, outside_weight, scale):
     subnets = inside_weight.shape[1]
     _check_grid(_elementwise_grid_bound(batch, channels, height * width, subnets), "box_mix_backward",
                 _what("grad_out", batch, channels, height, width))
-    grad_out, layout = feature_layout(grad_out)
+    grad_out, layout = feature_layout(grad_out, "grad_out")
     grad_x = empty_stacked(subnets, batch, channels, height, width, layout, dtype=grad_out.dtype,
                            device=grad_out.device)
     if grad_x.numel() == 0:
@@ -308,7 +308,7 @@ def cutmix_unmix_backward(grad_out, boxes, inside_weight, outside_weight, box_he
     subnets, batch, num_channels, h, w = grad_out.shape
     _check_grid(_elementwise_grid_bound(batch, num_channels, h * w, subnets), "cutmix_unmix_backward",
                 _what("grad_out", batch, num_channels, h, w))
-    grad_out, layout = stacked_layout(grad_out)
+    grad_out, layout = stacked_layout(grad_out, "grad_out")
     grad_f = empty_features(batch, num_channels, h, w, layout, dtype=grad_out.dtype, device=grad_out.device)
     if grad_f.numel() == 0:
         return grad_f
