@@ -32,7 +32,8 @@ void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* 
 }
 
 void check_positive_size(int64_t value, const char* name) {
-  TORCH_CHECK_VALUE(value > 0, name, " must be positive, got ", value);
+  TORCH_CHECK_VALUE(value > 0 && value <= kMaxGridSize, name, " must be in [1, ", kMaxGridSize,
+                    "] (boxes are int32 pixel coordinates), got ", value);
 }
 
 namespace {
@@ -194,6 +195,8 @@ void check_scale(double scale) { TORCH_CHECK_VALUE(std::isfinite(scale), "scale 
 
 void check_unmix_scalars(int64_t box_height, int64_t box_width, int64_t height, int64_t width, double ratio,
                          int64_t channels, int64_t num_channels) {
+  check_positive_size(box_height, "box_size[0]");
+  check_positive_size(box_width, "box_size[1]");
   TORCH_CHECK_VALUE(box_height >= height && box_width >= width, "box_size must be at least the feature size (", height,
               ", ", width, "), got (", box_height, ", ", box_width, ")");
   TORCH_CHECK_VALUE(ratio >= 0.0 && ratio <= 1.0, "ratio must be in [0, 1], got ", ratio);

@@ -28,10 +28,13 @@ bool set_value_checks(bool enabled);  // returns the previous setting
 at::ScalarType opmath_dtype(at::ScalarType dtype);
 
 void check_floating(const at::Tensor& t, const char* name);
+// Largest grid or feature height and width: box coordinates are int32.
+constexpr int64_t kMaxGridSize = 2147483647;  // 2^31 - 1
+// A grid or feature size: in [1, kMaxGridSize].
+void check_positive_size(int64_t value, const char* name);
 void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name);
 // box_mix's scale: finite.
 void check_scale(double scale);
-void check_positive_size(int64_t value, const char* name);
 
 // A 4-D [B, C, H, W] tensor in NCHW-contiguous or channels_last memory
 // (anything else is made contiguous).

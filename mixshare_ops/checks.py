@@ -66,11 +66,15 @@ def check_same_device(t: torch.Tensor, like: torch.Tensor, name: str, like_name:
         raise ValueError(f"{name} must be on the same device as {like_name} ({like.device}), got {t.device}")
 
 
+MAX_GRID_SIZE = 2**31 - 1  # kMaxGridSize in csrc/op_args.h: box coordinates are int32
+
+
 def check_positive_size(value, name: str) -> None:
+    """A grid or feature height or width: an int in [1, MAX_GRID_SIZE]."""
     if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+    if value <= 0 or value > MAX_GRID_SIZE:
+        raise ValueError(f"{name} must be in [1, {MAX_GRID_SIZE}] (boxes are int32 pixel coordinates), got {value}")
 
 
 def check_features(t: torch.Tensor, name: str = "features") -> None:

@@ -152,3 +152,44 @@ def test_small_broadcast_inputs_still_work(backend):
     boxes = torch.tensor([[0, 0, 2, 2], [1, 1, 5, 5], [0, 0, 0, 0], [0, 0, 5, 5]], dtype=torch.int32)
     out = mixshare_ops.cutmix_unmix(features, boxes, ratio=0.5, backend=backend)
     torch.testing.assert_close(out, mixshare_ops.reference.cutmix_unmix(features, boxes, ratio=0.5))
+
+
+TOO_BIG = 2**31  # one past what int32 box coordinates hold
+
+
+def _size_cases():
+    boxes = torch.tensor([[0, 0, 2, 2]], dtype=torch.int32)
+    features = torch.randn(1, 2, 4, 4)
+    return {
+        "cutmix_boxes height": ("cutmix_boxes", (torch.rand(1), torch.rand(1, 2), TOO_BIG, 8), "height"),
+        "cutmix_boxes width": ("cutmix_boxes", (torch.rand(1), torch.rand(1, 2), 8, TOO_BIG), "width"),
+        "cutmix_mask height": ("cutmix_mask", (boxes, TOO_BIG, 8, torch.float32), "height"),
+        "cutmix_mask width": ("cutmix_mask", (boxes, 8, TOO_BIG, torch.float32), "width"),
+        "unmix box height": ("cutmix_unmix", (features, boxes, None, None, TOO_BIG, 8, 0.5, 2), r"box_size\[0\]"),
+        "unmix box width": ("cutmix_unmix", (features, boxes, None, None, 8, TOO_BIG, 0.5, 2), r"box_size\[1\]"),
+        "pool box height": ("cutmix_unmix_pool", (features, boxes, None, None, TOO_BIG, 8, 0.5, 2, "mean"),
+                            r"box_size\[0\]"),
+        "pool box width": ("cutmix_unmix_pool", (features, boxes, None, None, 8, 2**62, 0.5, 2, "mean"),
+                           r"box_size\[1\]"),
+    }
+
+
+@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("case", list(_size_cases()))
+def test_grid_sizes_past_int32_boxes_are_refused(prefix, case):
+    """Boxes are int32 pixel coordinates: a grid of 2**31 or more is refused with the limit, never
+    answered with wrapped boxes or NaN masks."""
+    name, args, what = _size_cases()[case]
+    with pytest.raises(ValueError, match=rf"{what} must be in \[1, 2147483647\]"):
+        getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_public_ops_refuse_grid_sizes_past_int32(backend):
+    if backend not in mixshare_ops.available_backends("cpu"):
+        pytest.skip(f"{backend} not usable here")
+    with pytest.raises(ValueError, match=r"height must be in \[1, 2147483647\]"):
+        mixshare_ops.cutmix_boxes(torch.rand(1), torch.rand(1, 2), TOO_BIG, 8, backend=backend)
+    with pytest.raises(ValueError, match=r"box_size\[1\] must be in \[1, 2147483647\]"):
+        mixshare_ops.cutmix_unmix(torch.randn(1, 2, 4, 4), torch.zeros(1, 4, dtype=torch.int32),
+                                  box_size=(8, TOO_BIG), backend=backend)
