@@ -45,7 +45,7 @@ if not torch.cuda.is_available():
 import mixshare_ops  # noqa: E402
 from mixshare_ops import reference  # noqa: E402
 from benchmarks.cases import to_layout  # noqa: E402
-from tests.cases import TOLERANCES  # noqa: E402
+from tests.cases import TOLERANCES, make_boxes  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -93,16 +93,8 @@ def channels_last(t: torch.Tensor) -> torch.Tensor:
 
 
 def random_boxes(batch: int, height: int, width: int, generator: torch.Generator, device) -> torch.Tensor:
-    """Random boxes inside the grid; with 3 or more samples the first is full and the second empty."""
-    top = torch.randint(0, height + 1, (batch,), generator=generator)
-    left = torch.randint(0, width + 1, (batch,), generator=generator)
-    bottom = top + (torch.rand(batch, generator=generator) * (height - top + 1)).long().clamp(max=height - top)
-    right = left + (torch.rand(batch, generator=generator) * (width - left + 1)).long().clamp(max=width - left)
-    boxes = torch.stack([top, left, bottom, right], 1).to(torch.int32)
-    if batch >= 3:
-        boxes[0] = torch.tensor([0, 0, height, width])
-        boxes[1] = torch.tensor([1 % height, 1 % width, 1 % height, 1 % width])
-    return boxes.to(device)
+    """The test suite's mixed boxes (random; with 3 or more samples one full and one empty) on ``device``."""
+    return make_boxes(batch, height, width, "mixed", generator).to(device)
 
 
 # --------------------------------------------------------------------- cases
@@ -177,6 +169,22 @@ UNMIX_CASES = [
 ]
 
 
+def check_forward_backward(fused, spec, inp, dtype, device, g) -> None:
+    """``fused(inp)`` against ``spec`` on a copy of ``inp``, forward and backward, each output
+    written into poisoned memory. ``fused`` gets ``inp``'s own storage (strides, misalignment)."""
+    inp_fused = inp.detach().requires_grad_()
+    inp_ref = inp.detach().clone().requires_grad_()
+    poison(device)
+    out = fused(inp_fused)
+    expected = spec(inp_ref)
+    assert_matches(out, expected)
+    grad = randn(out.shape, dtype, device, g)
+    poison(device)
+    (got,) = torch.autograd.grad(out, inp_fused, grad)
+    (want,) = torch.autograd.grad(expected, inp_ref, grad)
+    assert_matches(got, want, dtype)
+
+
 def mix_input(case: MixCase, dtype, device, g) -> torch.Tensor:
     m, b, c, h, w = case.subnets, case.batch, case.channels, case.height, case.width
     if case.kind == "transposed":
@@ -197,17 +205,8 @@ def check_box_mix(backend, device, dtype, case: MixCase) -> None:
     boxes = random_boxes(case.batch, case.height, case.width, g, device)
     w_in = torch.rand(case.batch, case.subnets, generator=g).to(device)
     w_out = torch.rand(case.batch, case.subnets, generator=g).to(device)
-    x_fused = x.detach().requires_grad_()  # same storage: keeps the strides and the misalignment
-    x_ref = x.detach().clone().requires_grad_()
-    poison(device)
-    out = mixshare_ops.box_mix(x_fused, boxes, w_in, w_out, float(case.subnets), backend=backend)
-    expected = reference.box_mix(x_ref, boxes, w_in, w_out, float(case.subnets))
-    assert_matches(out, expected)
-    grad = randn(out.shape, dtype, device, g)
-    poison(device)
-    (gx,) = torch.autograd.grad(out, x_fused, grad)
-    (gr,) = torch.autograd.grad(expected, x_ref, grad)
-    assert_matches(gx, gr, dtype)
+    check_forward_backward(lambda t: mixshare_ops.box_mix(t, boxes, w_in, w_out, float(case.subnets), backend=backend),
+                           lambda t: reference.box_mix(t, boxes, w_in, w_out, float(case.subnets)), x, dtype, device, g)
 
 
 def unmix_input(case: UnmixCase, dtype, device, g) -> torch.Tensor:
@@ -234,17 +233,8 @@ def check_unmix(backend, device, dtype, case: UnmixCase, pool: bool, normalize: 
         kwargs["normalize"] = normalize
     fused = mixshare_ops.cutmix_unmix_pool if pool else mixshare_ops.cutmix_unmix
     spec = reference.cutmix_unmix_pool if pool else reference.cutmix_unmix
-    f_fused = f.detach().requires_grad_()
-    f_ref = f.detach().clone().requires_grad_()
-    poison(device)
-    out = fused(f_fused, boxes, w_in, w_out, backend=backend, **kwargs)
-    expected = spec(f_ref, boxes, w_in, w_out, **kwargs)
-    assert_matches(out, expected)
-    grad = randn(out.shape, dtype, device, g)
-    poison(device)
-    (gf,) = torch.autograd.grad(out, f_fused, grad)
-    (gr,) = torch.autograd.grad(expected, f_ref, grad)
-    assert_matches(gf, gr, dtype)
+    check_forward_backward(lambda t: fused(t, boxes, w_in, w_out, backend=backend, **kwargs),
+                           lambda t: spec(t, boxes, w_in, w_out, **kwargs), f, dtype, device, g)
 
 
 def check_boxes_and_masks(backend, device, sizes=((32, 32), (7, 5), (224, 224)), samples=1000) -> None:

@@ -119,7 +119,8 @@ def cmd_analyze(args) -> int:
         if hasattr(model, "stage_names"):
             report["conditional_variance_stages"] = model.stage_names()
         if hasattr(model, "source_attention") and model.num_subnets > 1:
-            report["source_attention"] = analysis.source_attention(model, dataset.test_images[: args.num_images]).tolist()
+            attention = analysis.source_attention(model, dataset.test_images[: args.num_images])
+            report["source_attention"] = attention.tolist()
         report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images)
         atomic_write_text(os.path.join(args.out, "analysis.json"), json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("encoder_share_rate", "classifier_share_rate", "plots")}, indent=2))
