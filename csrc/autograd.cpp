@@ -152,12 +152,17 @@ struct PoolFunction : torch::autograd::Function<PoolFunction> {
                         c10::string_view normalize) {
     save_unmix_args(ctx, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels);
     ctx->saved_data["normalize"] = std::string(normalize);
+    Tensor pooled;
+    {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      pooled = pool_op().call(features, boxes, inside_weight, outside_weight, std::move(box_height),
+                              std::move(box_width), ratio, std::move(channels), normalize);
+    }
+    // After the operator has checked that features is [B, C, H, W].
     ctx->saved_data["height"] = features.sym_size(2);
     ctx->saved_data["width"] = features.sym_size(3);
     ctx->saved_data["channels_last"] = is_channels_last_features(features);
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return pool_op().call(features, boxes, inside_weight, outside_weight, std::move(box_height),
-                          std::move(box_width), ratio, std::move(channels), normalize);
+    return pooled;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from mixshare_ops import _extension, _layout
+from mixshare_ops import _extension, _layout, checks
 
 
 def _subnets(inside_weight) -> int:
@@ -93,24 +93,50 @@ def _fake_cutmix_unmix_pool_backward(
     return _layout.empty_features(batch, num_channels, height, width, layout, dtype=grad_out.dtype, device=grad_out.device)
 
 
-def _same_device(fake):
-    """The fake, after checking that its tensor arguments share one device.
+def _validate(name, args):
+    """The operator's argument checks (:mod:`mixshare_ops.checks`), as the kernels do them."""
+    if name == "cutmix_boxes":
+        checks.check_box_sample(*args[:4])
+    elif name == "cutmix_mask":
+        checks.validate_cutmix_mask(*args[:3])
+    elif name == "box_mix":
+        checks.validate_box_mix(*args)
+    elif name == "box_mix_backward":
+        checks.validate_box_mix_backward(*args)
+    elif name == "cutmix_unmix":
+        checks.validate_unmix(*args[:4], tuple(args[4:6]), *args[6:8])
+    elif name == "cutmix_unmix_backward":
+        checks.validate_unmix_backward(*args[:4], tuple(args[4:6]), *args[6:8])
+    elif name == "cutmix_unmix_pool":
+        checks.validate_unmix(*args[:4], tuple(args[4:6]), *args[6:8])
+        checks.check_normalize(args[8])
+    else:
+        checks.validate_unmix_pool_backward(*args[:4], tuple(args[4:6]), *args[6:11])
+
+
+def _checked(name, fake):
+    """The fake, after the checks the operator itself makes: one device for
+    every tensor argument, then :func:`_validate`.
 
     The dispatcher runs the fake (the Meta kernel) as soon as one argument is
     a meta tensor, so this is what refuses a mix such as CPU features with
-    meta boxes, which no device kernel would see."""
-    names = list(inspect.signature(fake).parameters)
+    meta boxes, which no device kernel would see; under ``torch.compile`` it
+    is where a traced call meets its checks."""
+    signature = inspect.signature(fake)
 
     @functools.wraps(fake)
     def checked(*args, **kwargs):
-        tensors = [(name, value) for name, value in [*zip(names, args), *kwargs.items()]
-                   if isinstance(value, torch.Tensor)]
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        values = list(bound.arguments.values())
+        tensors = [(n, v) for n, v in bound.arguments.items() if isinstance(v, torch.Tensor)]
         first_name, first = tensors[0]
-        for name, value in tensors[1:]:
+        for n, value in tensors[1:]:
             torch._check(
                 value.device == first.device,
-                lambda: f"{name} must be on the device of {first_name} ({first.device}), got {value.device}",
+                lambda: f"{n} must be on the device of {first_name} ({first.device}), got {value.device}",
             )
+        _validate(name, values)
         return fake(*args, **kwargs)
 
     return checked
@@ -211,7 +237,7 @@ def register_all() -> None:
     prefixes = ["triton_"] + ([""] if _extension.loaded() else [])
     for prefix in prefixes:
         for name, fake in FAKES.items():
-            torch.library.register_fake(f"mixshare_ops::{prefix}{name}", _same_device(fake))
+            torch.library.register_fake(f"mixshare_ops::{prefix}{name}", _checked(name, fake))
     _register_autograd("triton_")
     # A library built before csrc/autograd.cpp existed has no C++ formulas:
     # give it the Python ones rather than ops that silently don't differentiate.
