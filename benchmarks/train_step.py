@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 import mixshare_ops
 from mixshare import data
-from mixshare.config import Config, apply
-from mixshare.methods import preset
+from mixshare.config import Config, apply, preset
+from mixshare.loader import MimoLoader
+from mixshare.methods import sample_plan
 from mixshare.models import build_model
 from mixshare.train import mimo_loss, training_step
 from mixshare_ops.backends import ENV_VAR, available_backends
@@ -97,40 +98,36 @@ def _dataset(setting: StepSetting, num_train: int, device: Optional[torch.device
 
 
 class FusedStep:
-    """One ``mixshare.train.training_step`` per call: data, masks and augmentation on the device."""
+    """One training step per call as ``mixshare.train`` runs it: the next batch of a
+    :class:`~mixshare.loader.MimoLoader`, a plan from :func:`~mixshare.methods.sample_plan`,
+    :func:`~mixshare.train.training_step`. Data, masks and augmentation stay on the device."""
 
     def __init__(self, setting: StepSetting, method: str, device: torch.device):
-        self.config = _config(setting, method, device)
-        self.device = device
-        self.dataset = _dataset(setting, 4 * setting.rows, device)
-        self.model = build_model(setting.model, setting.num_classes, self.config.num_subnets, self.config.encoder_init)
-        self.model.to(device)
-        self.on_gpu = device.type == "cuda"
-        if self.on_gpu and self.config.channels_last:
+        self.config = c = _config(setting, method, device)
+        dataset = _dataset(setting, 4 * setting.rows, device)
+        self.model = build_model(setting.model, setting.num_classes, c.num_subnets, c.encoder_init).to(device)
+        self.bf16 = device.type == "cuda" and c.bf16
+        channels_last = device.type == "cuda" and c.channels_last
+        if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-        self.batch_gen = torch.Generator(device).manual_seed(1)
-        self.mix_gen = torch.Generator(device).manual_seed(2)
-        self.host_rng = random.Random(3)
-        self.batches: Iterator[torch.Tensor] = iter(())
-
-    def _next_index(self) -> torch.Tensor:
-        index = next(self.batches, None)
-        if index is None:
-            c = self.config
-            self.batches = data.mimo_batches(
-                self.dataset.num_train, c.batch_size, c.num_subnets, c.batch_repetition, c.input_repetition,
-                self.batch_gen, self.device,
-            )
-            index = next(self.batches)
-        return index
+        self.loader = MimoLoader(dataset, c.batch_size, c.num_subnets, c.batch_repetition, c.input_repetition,
+                                 seed=0, channels_last=channels_last)
+        self.grid = self.model.mixing_grid(tuple(dataset.train_images.shape[-2:]))
+        self.mix_gen = torch.Generator(device).manual_seed(3)
+        self.host_rng = random.Random(4)
+        self.batches = iter(())
 
     def __call__(self) -> None:
+        batch = next(self.batches, None)
+        if batch is None:
+            self.batches = iter(self.loader)
+            batch = next(self.batches)
+        images, labels = batch
         # Epoch 50 of 300: inside MixShare's fadeout, cut probability 1.
-        training_step(
-            self.model, self.dataset, self._next_index(), self.config, 50.0,
-            self.mix_gen, self.host_rng, self.optimizer, self.on_gpu,
-        )
+        plan = sample_plan(self.config, labels.shape[1], self.grid, 50.0, self.mix_gen, self.host_rng,
+                           self.model.num_features, scale=self.model.mixing_scale)
+        training_step(self.model, images, labels, plan, self.optimizer, bf16=self.bf16)
 
 
 # ------------------------------------------------- MixMo-style CPU-mask pipeline

@@ -10,7 +10,7 @@ import statistics
 import sys
 
 from mixshare import config as cfg
-from mixshare.methods import ALL_PRESETS, preset
+from mixshare.data import TRAINING_DATASETS
 
 DEMO_METHODS = ("single", "cut-mixmo", "unmix-align", "mixshare-fadeout")
 DEFAULT_VIT_METHOD = "mixvit"  # the default method when the model is a ViT and no method is named
@@ -18,7 +18,7 @@ VIT_DEMO_METHODS = ("single-vit", "mixvit")  # compare's default methods for a V
 
 
 def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
-    p.add_argument("--dataset", choices=cfg.DATASETS, help="dataset (default: digits, embedded)")
+    p.add_argument("--dataset", choices=TRAINING_DATASETS, help="dataset (default: digits, embedded)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
     p.add_argument("--model", help="wrn-<depth>-<width> (e.g. wrn-28-2, wrn-16-2), preact-resnet18, "
                                     "vit-tiny or vit-<depth>-<dim>[-<heads>] (e.g. vit-6-128)")
@@ -54,7 +54,7 @@ def build_config(args, method=None, seed=None) -> cfg.Config:
         "batch_size": args.batch_size, "device": args.device, "seed": seed if seed is not None else getattr(args, "seed", None),
         "progress": False if args.no_progress else None,
     }
-    return cfg.merge(preset(method), {k: v for k, v in file_values.items() if k != "method"}, flags, set_values,
+    return cfg.merge(cfg.preset(method), {k: v for k, v in file_values.items() if k != "method"}, flags, set_values,
                      preset_name=f"preset {method}", file_name=args.config or "the config file")
 
 
@@ -70,11 +70,9 @@ def cmd_train(args) -> int:
 
 
 def _model_from_checkpoint(path, device):
-    import torch
-
     from mixshare.files import load_checkpoint, load_weights
     from mixshare.models import model_from_config
-    from mixshare.train import resolve_device
+    from mixshare.runtime import resolve_device
 
     state = load_checkpoint(path)
     config = cfg.apply(cfg.Config(), state["config"], path)
@@ -85,7 +83,7 @@ def _model_from_checkpoint(path, device):
 
 
 def _dataset_for(config, data_dir, device):
-    from mixshare.train import load_data
+    from mixshare.data import load_data
 
     if data_dir:
         config = cfg.apply(config, {"data_dir": data_dir}, "--data-dir")
@@ -116,9 +114,9 @@ def cmd_analyze(args) -> int:
         report = analysis.feature_sharing_report(model)
         variances = analysis.conditional_variance(model, dataset.test_images[: args.num_images])
         report["conditional_variance"] = [v.tolist() for v in variances]
-        if hasattr(model, "stage_names"):
+        if model.stage_names() is not None:
             report["conditional_variance_stages"] = model.stage_names()
-        if hasattr(model, "source_attention") and model.num_subnets > 1:
+        if model.has_source_attention and model.num_subnets > 1:
             attention = analysis.source_attention(model, dataset.test_images[: args.num_images])
             report["source_attention"] = attention.tolist()
         report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images)
@@ -189,7 +187,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one method, evaluate and analyse it")
     _add_run_options(p)
-    p.add_argument("--method", choices=list(ALL_PRESETS),
+    p.add_argument("--method", choices=list(cfg.ALL_PRESETS),
                    help="method preset (default: mixshare-fadeout, or mixvit for a vit-* model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="output folder")
@@ -212,7 +210,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="several methods x seeds, printed as MixShare's Table 1")
     _add_run_options(p)
-    p.add_argument("--methods", nargs="+", choices=list(ALL_PRESETS),
+    p.add_argument("--methods", nargs="+", choices=list(cfg.ALL_PRESETS),
                    help=f"default: {' '.join(DEMO_METHODS)}; for a vit-* model: {' '.join(VIT_DEMO_METHODS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", required=True)

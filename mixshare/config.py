@@ -9,9 +9,6 @@ from typing import Any, Optional
 
 import yaml
 
-DATASETS = ("digits", "cifar10", "cifar100", "synthetic")
-
-
 @dataclasses.dataclass
 class Config:
     # data
@@ -21,7 +18,7 @@ class Config:
     model: str = "wrn-28-2"
     attribution_depth: int = 2  # ViT: the last k blocks, with source attribution (class attention)
     drop_path: float = 0.0  # ViT: stochastic depth rate of the last block (linear in depth)
-    # method (filled by the preset named in `method`, see mixshare.methods)
+    # method (filled by the preset named in `method`, see PRESETS below)
     method: str = "mixshare-fadeout"
     num_subnets: int = 2
     mixing: str = "cut"  # none | sum | linear | cut
@@ -73,30 +70,86 @@ class Config:
             return 1e-3
         return 0.1 / self.batch_repetition * self.batch_size / 128
 
-    def fade_span(self) -> Optional[float]:
-        """Epochs over which unmixing fades out, or None."""
-        if self.fade_epochs is not None:
-            return float(self.fade_epochs)
-        if self.fade_fraction is not None:
-            return self.fade_fraction * self.epochs
-        return None
-
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["lr_milestones"] = list(self.lr_milestones)
         return out
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-CHOICES = {
-    "dataset": DATASETS,
-    "mixing": ("none", "sum", "linear", "cut"),
-    "unmix_normalize": ("mean", "masked"),
-    "encoder_init": ("independent", "identical", "colinear"),
-    "ensemble": ("logits", "probs"),
-    "optimizer": ("sgd", "adamw"),
-    "schedule": ("step", "cosine"),
+# Method presets: the method fields of Config for each named method; every
+# field can still be set on its own. PRESETS are the CNN methods (WRN /
+# PreActResNet models), VIT_PRESETS the transformer ones (vit-* models);
+# validate() refuses a preset with the other kind of model.
+_MIXMO = dict(num_subnets=2, encoder_init="independent", input_repetition=0.0, batch_repetition=2, unmix=False)
+_UNMIX = dict(_MIXMO, mixing="cut", cut_prob=1.0, cut_decay_start=1.0, loss_root=1.0, unmix=True,
+              unmix_channels=1.0, input_repetition=0.1, fade_epochs=None, fade_fraction=None)
+
+PRESETS = {
+    "single": dict(num_subnets=1, mixing="none", batch_repetition=1, unmix=False, encoder_init="independent",
+                   input_repetition=0.0, loss_root=1.0),
+    "mimo": dict(_MIXMO, mixing="sum", loss_root=1.0),
+    "linear-mixmo": dict(_MIXMO, mixing="linear", loss_root=3.0),
+    "cut-mixmo": dict(_MIXMO, mixing="cut", cut_prob=0.5, cut_decay_start=11 / 12, loss_root=3.0),
+    "unmix": dict(_UNMIX),
+    "unmix-align": dict(_UNMIX, encoder_init="identical"),
+    "mixshare-partial": dict(_UNMIX, encoder_init="identical", unmix_channels=0.25),
+    "mixshare-fadeout": dict(_UNMIX, encoder_init="identical", fade_fraction=1 / 3),
 }
+
+
+# The ViT recipe (DeiT / CaiT style, scaled to small data): AdamW (lr 1e-3 by
+# default), weight decay 0.05, 5 epochs of linear warmup then cosine decay,
+# stochastic depth 0.1.
+_VIT_TRAINING = dict(optimizer="adamw", weight_decay=0.05, schedule="cosine", warmup_epochs=5.0, drop_path=0.1,
+                     encoder_init="independent", unmix=False, attribution_depth=2)
+
+VIT_PRESETS = {
+    # One CaiT-style ViT: M = 1, no mixing (its single source embedding is a learned offset).
+    "single-vit": dict(_VIT_TRAINING, num_subnets=1, mixing="none", batch_repetition=1, input_repetition=0.0,
+                       loss_root=1.0),
+    # MixViT: M = 2, a binary CutMix box on the patch grid for every batch (each token has one source to be
+    # attributed to), source attribution in the last k = 2 blocks, batch repetition 2 as in the MixMo
+    # family, CutMix's area-proportional loss weights (root 1: no MixMo rebalancing).
+    "mixvit": dict(_VIT_TRAINING, num_subnets=2, mixing="cut", cut_prob=1.0, cut_decay_start=1.0, batch_repetition=2,
+                   input_repetition=0.0, loss_root=1.0),
+}
+
+ALL_PRESETS = {**PRESETS, **VIT_PRESETS}
+
+
+
+
+
+def preset(name: str) -> dict:
+    """The config values of method ``name`` (a CNN preset or a ViT preset), ``method`` included."""
+    if name not in ALL_PRESETS:
+        raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(ALL_PRESETS)}")
+    return dict(ALL_PRESETS[name], method=name)
+
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+MIXINGS = ("none", "sum", "linear", "cut")
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+
+
+def choices() -> dict[str, tuple]:
+    """The valid values of each config key with a fixed set of them, from the module owning each list."""
+    from mixshare.data import TRAINING_DATASETS
+    from mixshare.metrics import ENSEMBLE_MODES
+    from mixshare.models import ENCODER_INITS
+    from mixshare_ops.checks import NORMALIZE_MODES
+
+    return {
+        "dataset": TRAINING_DATASETS,
+        "mixing": MIXINGS,
+        "unmix_normalize": NORMALIZE_MODES,
+        "encoder_init": ENCODER_INITS,
+        "ensemble": ENSEMBLE_MODES,
+        "optimizer": OPTIMIZERS,
+        "schedule": SCHEDULES,
+    }
 
 
 class ConfigError(ValueError):
@@ -253,9 +306,9 @@ def check_range(key: str, value) -> None:
 
 
 def validate(config: Config) -> None:
-    for key, choices in CHOICES.items():
-        if getattr(config, key) not in choices:
-            raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {getattr(config, key)!r}")
+    for key, valid in choices().items():
+        if getattr(config, key) not in valid:
+            raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {getattr(config, key)!r}")
     for key in RANGES:
         check_range(key, getattr(config, key))
     checks = [
@@ -274,7 +327,6 @@ def validate(config: Config) -> None:
 
 def _validate_family(config: Config) -> None:
     """The method presets and knobs of the CNNs and of the ViTs each need their own kind of model."""
-    from mixshare.methods import PRESETS, VIT_PRESETS
     from mixshare.models import CNN_MODEL_PATTERN, VIT_MODEL_PATTERN, model_family
 
     vit = model_family(config.model) == "vit"

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "DATASETS",
+    "TRAINING_DATASETS",
     "DatasetError",
     "ForbiddenGlobalError",
     "ImageDataset",
@@ -37,6 +38,7 @@ __all__ = [
     "augment",
     "images_per_step",
     "load_cifar",
+    "load_data",
     "load_dataset",
     "load_digits",
     "mimo_batches",
@@ -47,6 +49,7 @@ __all__ = [
 ]
 
 DATASETS = ("digits", "cifar10", "cifar100")
+TRAINING_DATASETS = DATASETS + ("synthetic",)  # what a run's ``dataset`` may name (see :func:`load_data`)
 
 PathLike = Union[str, Path]
 DeviceLike = Union[str, torch.device]
@@ -417,6 +420,16 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None) -> ImageDataset
             )
         return load_cifar(data_dir, name)
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
+
+
+def load_data(config) -> ImageDataset:
+    """The dataset a run's config names (``dataset``, ``data_dir``, the ``synthetic_*`` sizes, ``seed``)."""
+    if config.dataset == "synthetic":
+        return synthetic_dataset(
+            config.synthetic_train, config.synthetic_test, config.synthetic_classes, size=config.synthetic_size,
+            seed=config.seed,
+        )
+    return load_dataset(config.dataset, config.data_dir)
 
 
 # --------------------------------------------------------------------------- synthetic

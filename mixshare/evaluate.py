@@ -78,7 +78,7 @@ def final_report(model, dataset, config: Config, history: list, out_dir: Optiona
     report = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
     report.update(best_test_epoch(history))
     report.update(analysis.share_rates(model))
-    if hasattr(model, "source_attention") and model.num_subnets > 1:
+    if model.has_source_attention and model.num_subnets > 1:
         report["source_attention"] = analysis.source_attention(model, dataset.test_images[:256]).tolist()
     report.update(
         method=config.method, model=config.model, dataset=config.dataset, seed=config.seed, epochs=config.epochs,
@@ -108,7 +108,7 @@ def write_plots(model, dataset, history: list, out_dir: str, num_images: int = 2
         paths.append(plots.plot_feature_profiles(
             analysis.classifier_profiles(model), os.path.join(out_dir, "classifier_profiles.png"), "classifier columns"))
         variances = analysis.conditional_variance(model, dataset.test_images[:num_images])
-        names = model.stage_names() if hasattr(model, "stage_names") else None
+        names = model.stage_names()
         # A ViT's attributed blocks give the M class tokens side by side: one colour per subnetwork.
         groups = [v.shape[1] // model.num_features if v.shape[1] > model.num_features else 1 for v in variances]
         paths.append(plots.plot_conditional_variance(

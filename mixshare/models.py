@@ -6,45 +6,28 @@ and, for the unmixing methods, pools the final map per subnetwork with
 ``mixshare_ops.cutmix_unmix_pool``; test time sums the encodings (MixMo).
 
 :func:`build_model` is the one entry point by name, for the CNNs here and the
-MixViT transformers of :mod:`mixshare.vit`. Every model offers ``forward(images,
-plan)``, ``predict(images)``, ``num_subnets``, ``num_features``,
-``mixing_grid(image_size)`` (where the plan's boxes live) and ``mixing_scale``
-(the ``box_mix`` scale; None: M).
+MixViT transformers of :mod:`mixshare.vit`; every model implements
+:class:`mixshare.protocol.MimoModel`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import mixshare_ops
+from mixshare.protocol import MimoModel
 from mixshare.vit import VIT_MODEL_PATTERN, MimoViT, vit_from_name  # noqa: F401  (MimoViT re-exported)
 
+if TYPE_CHECKING:
+    from mixshare.methods import MixPlan
+
 ENCODER_INITS = ("independent", "identical", "colinear")
-
-
-@dataclasses.dataclass
-class MixPlan:
-    """How one training batch is mixed and unmixed (all on the device).
-
-    boxes: int32 [B, 4] on the mixing grid (the encoder output size);
-    inside / outside: [B, M] weights of each subnetwork inside / outside the box.
-    """
-
-    boxes: torch.Tensor
-    inside: torch.Tensor
-    outside: torch.Tensor
-    scale: float
-    unmix: bool = False
-    unmix_ratio: float = 0.0
-    unmix_channels: Optional[int] = None
-    unmix_normalize: str = "mean"
 
 
 class WideBlock(nn.Module):
@@ -114,14 +97,11 @@ def kaiming_truncated_(weight: torch.Tensor) -> torch.Tensor:
     return nn.init.trunc_normal_(weight, 0.0, scale, -2.0 * scale, 2.0 * scale)
 
 
-class MimoNet(nn.Module):
+class MimoNet(MimoModel):
     """M encoders (3x3 conv, 3 -> ``stem``), a pre-activation core, BN-ReLU, M heads.
 
     ``stages``: list of (channels, blocks, stride). M = 1 is the plain network.
     """
-
-    # box_mix scale of the training mix; None: M (MixMo), because test time sums the M encodings.
-    mixing_scale = None
 
     def __init__(self, stages, stem: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent",
                  *, block=WideBlock, head_std: Optional[float] = None):
@@ -198,8 +178,8 @@ class MimoNet(nn.Module):
         """images [M, B, 3, H, W] -> logits [M, B, K].
 
         Without a plan the M encodings are summed (MIMO / MixMo test time);
-        with one they are mixed by ``box_mix`` and, if ``plan.unmix``, the final
-        map is unmixed and pooled per subnetwork.
+        with one they are mixed by ``box_mix`` and, if the plan unmixes, the final
+        map is unmixed and pooled per subnetwork (``cutmix_unmix_pool``).
         """
         encoded = self.encode(images)
         if plan is None or self.num_subnets == 1:
@@ -207,24 +187,18 @@ class MimoNet(nn.Module):
         else:
             mixed = mixshare_ops.box_mix(encoded, plan.boxes, plan.inside, plan.outside, plan.scale)
         features = self.core(mixed)
-        if plan is not None and plan.unmix and self.num_subnets > 1:
+        if plan is not None and plan.unmix is not None and self.num_subnets > 1:
             pooled = mixshare_ops.cutmix_unmix_pool(
-                features,
-                plan.boxes,
-                plan.inside,
-                plan.outside,
-                box_size=tuple(images.shape[-2:]),
-                ratio=plan.unmix_ratio,
-                channels=plan.unmix_channels,
-                normalize=plan.unmix_normalize,
+                features, plan.boxes, plan.inside, plan.outside, box_size=tuple(images.shape[-2:]),
+                ratio=plan.unmix.ratio, channels=plan.unmix.channels, normalize=plan.unmix.normalize,
             )  # [M, B, C]
         else:
             pooled = features.mean(dim=(2, 3)).expand(self.num_subnets, -1, -1)
         return torch.stack([head(p) for head, p in zip(self.heads, pooled)])
 
-    def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """Test time: the same images [B, 3, H, W] to every encoder -> logits [M, B, K]."""
-        return self(images.unsqueeze(0).expand(self.num_subnets, *images.shape))
+    def compile_core(self) -> None:
+        for stage in self.stages:
+            stage.compile()
 
 
 def wide_resnet(depth: int, width: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):

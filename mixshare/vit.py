@@ -89,6 +89,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mixshare_ops
+from mixshare.protocol import MimoModel
 
 __all__ = ["MimoViT", "vit_from_name", "VIT_MODEL_PATTERN", "source_weights", "band_sources", "sincos_position_embedding"]
 
@@ -253,7 +254,7 @@ class ClassAttentionBlock(nn.Module):
         return (cls, weights) if return_weights else cls
 
 
-class MimoViT(nn.Module):
+class MimoViT(MimoModel):
     """A MIMO vision transformer with M subnetworks separated by source attribution (see the module doc).
 
     ``depth`` blocks in all: ``depth - attribution_depth`` shared self-attention
@@ -263,6 +264,7 @@ class MimoViT(nn.Module):
     """
 
     mixing_scale = 1.0  # box_mix scale of the token mix: tokens are copied, not summed
+    has_source_attention = True
 
     def __init__(
         self,
@@ -323,6 +325,10 @@ class MimoViT(nn.Module):
             nn.init.normal_(self.source_embed, std=1.0)
         else:
             nn.init.zeros_(self.source_embed)
+
+    def compile_core(self) -> None:
+        for block in [*self.blocks, *self.class_blocks]:
+            block.compile()
 
     def no_weight_decay(self) -> set[str]:
         """Parameters AdamW leaves undecayed besides biases and norms: the class token and source embeddings."""

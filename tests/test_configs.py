@@ -5,7 +5,7 @@ import pathlib
 import pytest
 
 from mixshare import config as cfg
-from mixshare import data, methods, train
+from mixshare import data, optim
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
 CIFAR_TRAIN = 50_000
@@ -13,7 +13,7 @@ CIFAR_TRAIN = 50_000
 
 def _load(path):
     updates = cfg.load_yaml(str(path))
-    config = cfg.apply(cfg.Config(), methods.preset(updates["method"]), "preset")
+    config = cfg.apply(cfg.Config(), cfg.preset(updates["method"]), "preset")
     config = cfg.apply(config, updates, str(path))
     cfg.validate(config)
     return config
@@ -55,7 +55,7 @@ def test_cnn_configs_follow_their_source(stem):
     warmup = warmup_steps or steps  # linear per step, lr * k / warmup at the k-th step (counted from 1)
     for epoch in range(2, config.epochs + 1):  # counted from 1
         first, last = max((epoch - 1) * steps, warmup), epoch * steps - 1
-        assert train.lr_factor(config, first, steps) == pytest.approx(factor(epoch), rel=1e-9), epoch
-        assert train.lr_factor(config, last, steps) == pytest.approx(factor(epoch), rel=1e-9), epoch
+        assert optim.lr_factor(config, first, steps) == pytest.approx(factor(epoch), rel=1e-9), epoch
+        assert optim.lr_factor(config, last, steps) == pytest.approx(factor(epoch), rel=1e-9), epoch
     for k in (1, warmup // 2, warmup - 1, warmup):
-        assert train.lr_factor(config, k - 1, steps) == pytest.approx(min(1.0, k / warmup), rel=1e-9)
+        assert optim.lr_factor(config, k - 1, steps) == pytest.approx(min(1.0, k / warmup), rel=1e-9)

@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from mixshare import evaluate, metrics
 from mixshare.config import Config, apply
+from mixshare.protocol import MimoModel
 
 
 def history_rows(accuracies):
@@ -44,7 +45,7 @@ def test_best_test_epoch_skips_missing_values_and_handles_empty_history():
     assert evaluate.best_test_epoch(rows)["best_test_epoch"] == 12
 
 
-class FixedLogits(nn.Module):
+class FixedLogits(MimoModel):
     """A stand-in MIMO model: fixed test logits, M encoders and heads with hand-set weights."""
 
     def __init__(self, logits):

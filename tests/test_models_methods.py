@@ -9,7 +9,8 @@ import torch.nn.functional as F
 
 from mixshare import config as cfg
 from mixshare import methods
-from mixshare.models import MixPlan, PreActBlock, WideBlock, build_model, preact_resnet18, wide_resnet
+from mixshare.methods import MixPlan, UnmixPlan
+from mixshare.models import PreActBlock, WideBlock, build_model, preact_resnet18, wide_resnet
 
 
 @pytest.mark.parametrize("name,params", [("wrn-16-2", 0.69e6), ("wrn-28-2", 1.46e6), ("wrn-28-10", 36.5e6)])
@@ -155,27 +156,28 @@ def test_forward_with_plan_mixes_and_unmixes():
     images = torch.randn(2, 4, 3, 16, 16)
     boxes = torch.tensor([[0, 0, 8, 8]] * 4, dtype=torch.int32)
     eye = torch.eye(2)
-    plan = MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, unmix=True, unmix_ratio=0.0)
+    weights = torch.ones(4, 2)
+    plan = MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, weights, UnmixPlan(0.0, 64, "mean"))
     logits = model(images, plan)
     assert logits.shape == (2, 4, 10)
     # ratio 1 switches unmixing off: both heads see the plain pooled features.
-    plan.unmix_ratio = 1.0
-    plain = model(images, MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0))
-    torch.testing.assert_close(model(images, plan), plain)
+    faded = MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, weights, UnmixPlan(1.0, 64, "mean"))
+    plain = model(images, MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, weights))
+    torch.testing.assert_close(model(images, faded), plain)
 
 
 def test_presets_cover_the_paper_methods():
-    assert set(methods.PRESETS) == {
+    assert set(cfg.PRESETS) == {
         "single", "mimo", "linear-mixmo", "cut-mixmo", "unmix", "unmix-align", "mixshare-partial", "mixshare-fadeout"}
-    for name in methods.PRESETS:
-        cfg.validate(cfg.apply(cfg.Config(), methods.preset(name), name))
-    fade = cfg.apply(cfg.Config(epochs=300), methods.preset("mixshare-fadeout"), "")
+    for name in cfg.PRESETS:
+        cfg.validate(cfg.apply(cfg.Config(), cfg.preset(name), name))
+    fade = cfg.apply(cfg.Config(epochs=300), cfg.preset("mixshare-fadeout"), "")
     assert fade.encoder_init == "identical" and fade.unmix and fade.input_repetition == 0.1 and fade.loss_root == 1
-    assert fade.fade_span() == pytest.approx(100)
-    cut = cfg.apply(cfg.Config(), methods.preset("cut-mixmo"), "")
+    assert methods.fade_span(fade) == pytest.approx(100)
+    cut = cfg.apply(cfg.Config(), cfg.preset("cut-mixmo"), "")
     assert cut.cut_prob == 0.5 and cut.loss_root == 3 and not cut.unmix
     with pytest.raises(ValueError, match="valid methods: single, mimo"):
-        methods.preset("mixup")
+        cfg.preset("mixup")
 
 
 def _official_cut_probability(epoch_from_1: int, epochs: int, prob: float = 0.5) -> float:
@@ -186,7 +188,7 @@ def _official_cut_probability(epoch_from_1: int, epochs: int, prob: float = 0.5)
 
 @pytest.mark.parametrize("epochs", [12, 300])
 def test_cut_probability_schedule(epochs):
-    config = cfg.apply(cfg.Config(epochs=epochs), methods.preset("cut-mixmo"), "")
+    config = cfg.apply(cfg.Config(epochs=epochs), cfg.preset("cut-mixmo"), "")
     got = [methods.cut_probability(config, e) for e in range(epochs)]  # 0-based epochs of the loop
     expected = [_official_cut_probability(e + 1, epochs) for e in range(epochs)]
     assert got == pytest.approx(expected, abs=1e-12)
@@ -195,10 +197,10 @@ def test_cut_probability_schedule(epochs):
     assert (first_decayed + 1) / epochs > 11 / 12  # the epoch at ratio 11/12 still cuts with p = 0.5
 
 
-def test_fade_ratio():
-    config = cfg.apply(cfg.Config(epochs=300), methods.preset("mixshare-fadeout"), "")
-    assert [methods.fade_ratio(config, e) for e in (0, 50, 100, 250)] == [0.0, 0.5, 1.0, 1.0]
-    assert methods.fade_ratio(cfg.apply(cfg.Config(), methods.preset("unmix"), ""), 200) == 0.0
+def test_unmix_ratio():
+    config = cfg.apply(cfg.Config(epochs=300), cfg.preset("mixshare-fadeout"), "")
+    assert [methods.unmix_ratio(config, e) for e in (0, 50, 100, 250)] == [0.0, 0.5, 1.0, 1.0]
+    assert methods.unmix_ratio(cfg.apply(cfg.Config(), cfg.preset("unmix"), ""), 200) == 0.0
 
 
 def test_loss_weights():
@@ -211,16 +213,17 @@ def test_loss_weights():
 
 @pytest.mark.parametrize("name", ["mimo", "linear-mixmo", "cut-mixmo", "mixshare-partial", "mixshare-fadeout"])
 def test_sample_plan(name):
-    config = cfg.apply(cfg.Config(epochs=12), methods.preset(name), "")
+    config = cfg.apply(cfg.Config(epochs=12), cfg.preset(name), "")
     gen = torch.Generator().manual_seed(0)
-    plan, weights = methods.sample_plan(config, 6, (32, 32), 2, gen, random.Random(0), 64)
+    plan = methods.sample_plan(config, 6, (32, 32), 2, gen, random.Random(0), 64)
+    weights = plan.loss_weights
     assert weights.shape == (6, 2) and torch.allclose(weights.sum(1), torch.full((6,), 2.0), atol=1e-5) \
         or config.loss_root != 1
     assert plan.inside.shape == (6, 2) and plan.scale == 2.0
     if name in ("mixshare-partial", "mixshare-fadeout"):
-        assert plan.unmix and plan.boxes.shape == (6, 4)
-        assert plan.unmix_channels == (16 if name == "mixshare-partial" else 64)
-        assert plan.unmix_ratio == (0.0 if name == "mixshare-partial" else pytest.approx(0.5))
+        assert plan.unmix is not None and plan.boxes.shape == (6, 4)
+        assert plan.unmix.channels == (16 if name == "mixshare-partial" else 64)
+        assert plan.unmix.ratio == (0.0 if name == "mixshare-partial" else pytest.approx(0.5))
         # Each sample's box belongs to exactly one input.
         assert torch.equal(plan.inside.sum(1), torch.ones(6))
     if name == "mimo":
@@ -228,9 +231,9 @@ def test_sample_plan(name):
 
 
 def test_sample_plan_m3_follows_mixmo_rule():
-    config = cfg.apply(cfg.Config(), dict(methods.preset("unmix"), num_subnets=3), "")
-    plan, weights = methods.sample_plan(config, 5, (8, 8), 0, torch.Generator().manual_seed(1),
-                                        random.Random(1), 32)
+    config = cfg.apply(cfg.Config(), dict(cfg.preset("unmix"), num_subnets=3), "")
+    plan = methods.sample_plan(config, 5, (8, 8), 0, torch.Generator().manual_seed(1), random.Random(1), 32)
+    weights = plan.loss_weights
     owner = int(plan.inside[0].argmax())
     assert torch.all(plan.outside[:, owner] == 0)
     torch.testing.assert_close(plan.outside.sum(1), torch.ones(5))
@@ -255,7 +258,7 @@ def test_config_layers_and_errors(tmp_path):
 
 
 def _merged(preset_name="cut-mixmo", file_values=None, flags=None, set_values=None) -> cfg.Config:
-    return cfg.merge(methods.preset(preset_name), file_values or {}, flags or {}, set_values or {})
+    return cfg.merge(cfg.preset(preset_name), file_values or {}, flags or {}, set_values or {})
 
 
 def test_merge_order_defaults_preset_dataset_file_flags_set():
@@ -268,7 +271,7 @@ def test_merge_order_defaults_preset_dataset_file_flags_set():
         _merged(set_values={"cut_prob": 2})
 
 
-@pytest.mark.parametrize("name", sorted(methods.PRESETS))
+@pytest.mark.parametrize("name", sorted(cfg.PRESETS))
 def test_digits_defaults_replace_the_cifar_schedule_for_sgd_only(name):
     digits = _merged(name)
     assert digits.dataset == "digits"
@@ -284,5 +287,5 @@ def test_digits_defaults_replace_the_cifar_schedule_for_sgd_only(name):
 
 
 def test_digits_defaults_leave_the_vit_recipe_alone():
-    config = cfg.merge(methods.preset("mixvit"), {}, {"model": "vit-3-32"}, {})
+    config = cfg.merge(cfg.preset("mixvit"), {}, {"model": "vit-3-32"}, {})
     assert (config.dataset, config.optimizer, config.lr_value(), config.warmup_epochs) == ("digits", "adamw", 1e-3, 5.0)

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from mixshare import cli, files, methods, train
+from mixshare import cli, files, train
+from mixshare import config as cfg
 from mixshare.config import Config, apply
 
 TINY = dict(
@@ -21,11 +22,11 @@ TINY_ARGS = ["--set"] + [f"{k}={v}" for k, v in TINY.items()]
 
 
 def tiny_config(method, **overrides):
-    config = apply(Config(), methods.preset(method), method)
+    config = apply(Config(), cfg.preset(method), method)
     return apply(config, dict(TINY, **overrides), "test")
 
 
-@pytest.mark.parametrize("method", list(methods.PRESETS))
+@pytest.mark.parametrize("method", list(cfg.PRESETS))
 def test_every_method_trains_end_to_end(method, tmp_path):
     report = train.train(tiny_config(method, plots=method == "mixshare-fadeout"), str(tmp_path))
     for key in ("ensemble_accuracy", "subnetwork_accuracy", "nll", "ece", "brier", "disagreement",

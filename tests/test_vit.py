@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import mixshare_ops
-from mixshare import analysis, cli, methods, train
+from mixshare import analysis, cli, methods, optim, train
 from mixshare import config as cfg
-from mixshare.models import MixPlan, build_model, model_family
+from mixshare.models import build_model, model_family
 from mixshare.vit import MimoViT, band_sources, sincos_position_embedding, source_weights
 
 TINY_VIT = dict(
@@ -28,10 +28,10 @@ def tiny_vit(num_subnets=2, depth=3, dim=32, heads=2, classes=5, attribution_dep
 
 def cut_plan(model, batch, grid, seed=0):
     """A mixvit plan for ``batch`` samples on ``grid`` (the model's patch grid), as training draws it."""
-    config = cfg.apply(cfg.Config(), dict(methods.preset("mixvit"), num_subnets=model.num_subnets), "test")
-    plan, weights = methods.sample_plan(config, batch, grid, 0, torch.Generator().manual_seed(seed),
-                                        random.Random(seed), model.num_features, scale=model.mixing_scale)
-    return plan, weights
+    config = cfg.apply(cfg.Config(), dict(cfg.preset("mixvit"), num_subnets=model.num_subnets), "test")
+    plan = methods.sample_plan(config, batch, grid, 0, torch.Generator().manual_seed(seed),
+                               random.Random(seed), model.num_features, scale=model.mixing_scale)
+    return plan, plan.loss_weights
 
 
 def hand_owner(plan, b, r, c):
@@ -229,19 +229,19 @@ def test_gradients_reach_every_parameter():
 
 
 def test_presets_and_family_errors():
-    assert set(methods.VIT_PRESETS) == {"single-vit", "mixvit"}
-    assert set(methods.ALL_PRESETS) == set(methods.PRESETS) | set(methods.VIT_PRESETS)
-    mixvit = cfg.apply(cfg.Config(model="vit-tiny"), methods.preset("mixvit"), "")
+    assert set(cfg.VIT_PRESETS) == {"single-vit", "mixvit"}
+    assert set(cfg.ALL_PRESETS) == set(cfg.PRESETS) | set(cfg.VIT_PRESETS)
+    mixvit = cfg.apply(cfg.Config(model="vit-tiny"), cfg.preset("mixvit"), "")
     cfg.validate(mixvit)
     assert (mixvit.num_subnets, mixvit.mixing, mixvit.cut_prob, mixvit.attribution_depth) == (2, "cut", 1.0, 2)
     assert (mixvit.optimizer, mixvit.schedule, mixvit.weight_decay) == ("adamw", "cosine", 0.05)
-    single = cfg.apply(cfg.Config(model="vit-6-96"), methods.preset("single-vit"), "")
+    single = cfg.apply(cfg.Config(model="vit-6-96"), cfg.preset("single-vit"), "")
     cfg.validate(single)
     assert single.num_subnets == 1 and single.mixing == "none"
     with pytest.raises(cfg.ConfigError, match="method 'mixvit' needs a ViT model .*got model 'wrn-28-2'"):
-        cfg.validate(cfg.apply(cfg.Config(), methods.preset("mixvit"), ""))
+        cfg.validate(cfg.apply(cfg.Config(), cfg.preset("mixvit"), ""))
     with pytest.raises(cfg.ConfigError, match="method 'cut-mixmo' is a CNN method.*ViT methods are single-vit, mixvit"):
-        cfg.validate(cfg.apply(cfg.Config(model="vit-tiny"), methods.preset("cut-mixmo"), ""))
+        cfg.validate(cfg.apply(cfg.Config(model="vit-tiny"), cfg.preset("cut-mixmo"), ""))
     with pytest.raises(cfg.ConfigError, match="unmix applies to the CNNs"):
         cfg.validate(cfg.apply(mixvit, {"unmix": True}, ""))
     with pytest.raises(cfg.ConfigError, match="encoder_init applies to the CNNs"):
@@ -251,18 +251,18 @@ def test_presets_and_family_errors():
     with pytest.raises(cfg.ConfigError, match="attribution_depth must be >= 1"):
         cfg.validate(cfg.apply(mixvit, {"attribution_depth": 0}, ""))
     with pytest.raises(ValueError, match="valid methods: single, mimo.*single-vit, mixvit"):
-        methods.preset("vit")
+        cfg.preset("vit")
 
 
 def test_optimisers_and_schedules():
-    cnn = cfg.apply(cfg.Config(), methods.preset("mixshare-fadeout"), "")
+    cnn = cfg.apply(cfg.Config(), cfg.preset("mixshare-fadeout"), "")
     assert (cnn.optimizer, cnn.schedule) == ("sgd", "step") and cnn.lr_value() == pytest.approx(0.025)
-    sgd = train.make_optimizer(build_model("wrn-10-1", 10, 2), cnn)
+    sgd = optim.make_optimizer(build_model("wrn-10-1", 10, 2), cnn)
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["weight_decay"] == pytest.approx(6e-4)
-    vit = cfg.apply(cfg.Config(model="vit-3-32", epochs=10), methods.preset("mixvit"), "")
+    vit = cfg.apply(cfg.Config(model="vit-3-32", epochs=10), cfg.preset("mixvit"), "")
     assert vit.lr_value() == pytest.approx(1e-3)
     model = build_model("vit-3-32", 10, 2)
-    adamw = train.make_optimizer(model, vit)
+    adamw = optim.make_optimizer(model, vit)
     assert isinstance(adamw, torch.optim.AdamW)
     decayed, undecayed = adamw.param_groups
     assert decayed["weight_decay"] == 0.05 and undecayed["weight_decay"] == 0.0
@@ -270,12 +270,12 @@ def test_optimisers_and_schedules():
     assert any(p is model.cls_token for p in undecayed["params"])
     assert all(p.dim() >= 2 for p in decayed["params"]) and any(p is model.heads[0].weight for p in decayed["params"])
     # cosine after a linear warmup of 5 epochs (10 steps per epoch), 0 at the end
-    factors = [train.lr_factor(vit, s, 10) for s in range(100)]
+    factors = [optim.lr_factor(vit, s, 10) for s in range(100)]
     assert factors[0] == pytest.approx(1 / 50) and factors[49] == pytest.approx(1.0)
     assert factors[50] == pytest.approx(1.0) and factors[75] == pytest.approx(0.5) and factors[-1] < 1e-3
     assert all(a >= b for a, b in zip(factors[50:], factors[51:]))
     # the CNNs' step schedule is unchanged
-    assert train.lr_factor(cnn, 100, 1) == pytest.approx(0.1)
+    assert optim.lr_factor(cnn, 100, 1) == pytest.approx(0.1)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -305,7 +305,7 @@ def test_vit_analysis():
 
 
 def test_mixvit_trains_on_digits_and_writes_vit_metrics_and_plots(tmp_path):
-    config = cfg.apply(cfg.Config(), methods.preset("mixvit"), "mixvit")
+    config = cfg.apply(cfg.Config(), cfg.preset("mixvit"), "mixvit")
     config = cfg.apply(config, dict(dataset="digits", model="vit-3-32", epochs=1, batch_size=64, batch_repetition=1,
                                     progress=False, warmup_epochs=0.5), "test")
     report = train.train(config, str(tmp_path))
@@ -323,7 +323,7 @@ def test_mixvit_trains_on_digits_and_writes_vit_metrics_and_plots(tmp_path):
 
 
 def test_killed_and_resumed_vit_run_ends_with_the_same_weights(tmp_path):
-    config = cfg.apply(cfg.apply(cfg.Config(), methods.preset("mixvit"), ""), dict(TINY_VIT, drop_path=0.1), "")
+    config = cfg.apply(cfg.apply(cfg.Config(), cfg.preset("mixvit"), ""), dict(TINY_VIT, drop_path=0.1), "")
     train.train(config, str(tmp_path / "full"))
     train.train(config, str(tmp_path / "resumed"), stop_after_epoch=1)
     train.train(config, str(tmp_path / "resumed"), resume=True)

@@ -1,0 +1,83 @@
+"""MimoLoader: training batches formed, augmented and laid out on the device.
+
+One pass over the loader is one epoch. Each step yields ``images [M, R, C, H, W]``
+(row r of member i is the image subnetwork i sees at batch position r) and
+``labels [M, R]``, with the MIMO batch formation of the official MixMo sampler
+(batch repetition b, input repetition rho, M shuffled views: see
+:func:`mixshare.data.mimo_epoch_indices`), a random crop and flip per image,
+channels_last if asked, and under DDP this rank's share of the rows. Nothing
+syncs with the host.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from mixshare import data
+
+
+class MimoLoader:
+    """Iterable over one epoch of ``(images [M, R, C, H, W], labels [M, R])`` of ``dataset``'s training split.
+
+    ``batch_size`` counts rows (repetitions included); under DDP (``world_size > 1``) each rank
+    yields its ``R / world_size`` rows of the batch all ranks draw alike. ``seed`` seeds the two
+    device generators the loader owns: one for the order of the batches (the same on every rank)
+    and one for the augmentation (one stream per rank).
+    """
+
+    def __init__(
+        self,
+        dataset: data.ImageDataset,
+        batch_size: int,
+        num_subnets: int,
+        batch_repetition: int = 1,
+        input_repetition: float = 0.0,
+        *,
+        seed: int = 0,
+        channels_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.num_subnets = num_subnets
+        self.batch_repetition = batch_repetition
+        self.input_repetition = input_repetition
+        self.channels_last = channels_last
+        self.rank, self.world_size = rank, world_size
+        device = dataset.train_images.device
+        self.order_generator = torch.Generator(device).manual_seed(seed + 1)
+        self.augment_generator = torch.Generator(device).manual_seed(seed + 2 + 1000 * rank)
+
+    def __len__(self) -> int:
+        """Steps per epoch."""
+        return data.steps_per_epoch(self.dataset.num_train, self.batch_size, self.batch_repetition)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        ds = self.dataset
+        indices = data.mimo_batches(
+            ds.num_train, self.batch_size, self.num_subnets, self.batch_repetition, self.input_repetition,
+            self.order_generator, ds.train_images.device,
+        )
+        for index in indices:  # [M, R]
+            if self.world_size > 1:
+                share = index.shape[1] // self.world_size
+                index = index[:, self.rank * share : (self.rank + 1) * share]
+            m, r = index.shape
+            images = data.augment(ds.train_images[index.reshape(-1)], ds.hflip, self.augment_generator,
+                                  fill=ds.pad_value)
+            if self.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            yield images.view(m, r, *images.shape[1:]), ds.train_labels[index]
+
+    def state_dict(self) -> dict:
+        """The generators' states: a resumed run continues with the same batches."""
+        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.order_generator.set_state(state["order"].cpu())
+        self.augment_generator.set_state(state["augment"].cpu())
