@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -24,8 +24,6 @@ import mixshare_ops
 from mixshare.protocol import MimoModel
 from mixshare.vit import VIT_MODEL_PATTERN, MimoViT, vit_from_name  # noqa: F401  (MimoViT re-exported)
 
-if TYPE_CHECKING:
-    from mixshare.methods import MixPlan
 
 ENCODER_INITS = ("independent", "identical", "colinear")
 
@@ -174,12 +172,13 @@ class MimoNet(MimoModel):
             features.append(x)
         return features
 
-    def forward(self, images: torch.Tensor, plan: Optional[MixPlan] = None) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, plan=None) -> torch.Tensor:
         """images [M, B, 3, H, W] -> logits [M, B, K].
 
-        Without a plan the M encodings are summed (MIMO / MixMo test time);
-        with one they are mixed by ``box_mix`` and, if the plan unmixes, the final
-        map is unmixed and pooled per subnetwork (``cutmix_unmix_pool``).
+        ``plan`` (a :class:`mixshare.methods.MixPlan`): without one the M encodings
+        are summed (MIMO / MixMo test time); with one they are mixed by ``box_mix``
+        and, if the plan unmixes, the final map is unmixed and pooled per
+        subnetwork (``cutmix_unmix_pool``).
         """
         encoded = self.encode(images)
         if plan is None or self.num_subnets == 1:
