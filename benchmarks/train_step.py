@@ -114,8 +114,7 @@ class FusedStep:
         self.loader = MimoLoader(dataset, c.batch_size, c.num_subnets, c.batch_repetition, c.input_repetition,
                                  seed=0, channels_last=channels_last)
         self.grid = self.model.mixing_grid(tuple(dataset.train_images.shape[-2:]))
-        self.mix_gen = torch.Generator(device).manual_seed(3)
-        self.host_rng = random.Random(4)
+        self.host_rng = random.Random(3)
         self.batches = iter(())
 
     def __call__(self) -> None:
@@ -125,8 +124,8 @@ class FusedStep:
             batch = next(self.batches)
         images, labels = batch
         # Epoch 50 of 300: inside MixShare's fadeout, cut probability 1.
-        plan = sample_plan(self.config, labels.shape[1], self.grid, 50.0, self.mix_gen, self.host_rng,
-                           self.model.num_features, scale=self.model.mixing_scale)
+        plan = sample_plan(self.config, labels.shape[1], self.grid, 50.0, self.loader.sample_generator,
+                           self.host_rng, self.model.num_features, scale=self.model.mixing_scale)
         training_step(self.model, images, labels, plan, self.optimizer, bf16=self.bf16)
 
 

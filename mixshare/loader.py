@@ -23,8 +23,9 @@ class MimoLoader:
 
     ``batch_size`` counts rows (repetitions included); under DDP (``world_size > 1``) each rank
     yields its ``R / world_size`` rows of the batch all ranks draw alike. ``seed`` seeds the two
-    device generators the loader owns: one for the order of the batches (the same on every rank)
-    and one for the augmentation (one stream per rank).
+    device generators the loader owns: ``order_generator`` for the batches (the same on every
+    rank) and ``sample_generator`` for the per-sample draws of this rank: the augmentation here,
+    and the mixing plans drawn for the batches (:func:`mixshare.methods.sample_plan`).
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class MimoLoader:
         self.rank, self.world_size = rank, world_size
         device = dataset.train_images.device
         self.order_generator = torch.Generator(device).manual_seed(seed + 1)
-        self.augment_generator = torch.Generator(device).manual_seed(seed + 2 + 1000 * rank)
+        self.sample_generator = torch.Generator(device).manual_seed(seed + 2 + 1000 * rank)
 
     def __len__(self) -> int:
         """Steps per epoch."""
@@ -68,7 +69,7 @@ class MimoLoader:
                 share = index.shape[1] // self.world_size
                 index = index[:, self.rank * share : (self.rank + 1) * share]
             m, r = index.shape
-            images = data.augment(ds.train_images[index.reshape(-1)], ds.hflip, self.augment_generator,
+            images = data.augment(ds.train_images[index.reshape(-1)], ds.hflip, self.sample_generator,
                                   fill=ds.pad_value)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
@@ -76,8 +77,8 @@ class MimoLoader:
 
     def state_dict(self) -> dict:
         """The generators' states: a resumed run continues with the same batches."""
-        return {"order": self.order_generator.get_state(), "augment": self.augment_generator.get_state()}
+        return {"order": self.order_generator.get_state(), "samples": self.sample_generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
         self.order_generator.set_state(state["order"].cpu())
-        self.augment_generator.set_state(state["augment"].cpu())
+        self.sample_generator.set_state(state["samples"].cpu())

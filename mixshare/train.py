@@ -30,7 +30,7 @@ import mixshare_ops
 from mixshare import data, methods
 from mixshare.config import Config, validate
 from mixshare.evaluate import evaluate_model, final_report
-from mixshare.files import CHECKPOINT, CheckpointError, atomic_write_text, load_checkpoint, load_weights, \
+from mixshare.files import CHECKPOINT, atomic_write_text, load_checkpoint, load_weights, \
     output_folder, save_checkpoint, write_history
 from mixshare.loader import MimoLoader
 from mixshare.methods import MixPlan
@@ -119,9 +119,8 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
     steps = len(loader)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps)
-    # The plans' draws: per sample on the device (one stream per rank), per batch on the host.
-    mix_gen = torch.Generator(device).manual_seed(config.seed + 3 + 1000 * ddp.rank)
-    host_rng = random.Random(config.seed + 4 + 1000 * ddp.rank)
+    # The plans' draws: per sample on the loader's sample generator, per batch on the host.
+    host_rng = random.Random(config.seed + 3 + 1000 * ddp.rank)
     image_size = tuple(dataset.train_images.shape[-2:])
     grid = model.mixing_grid(image_size)
     history: list[dict] = []
@@ -129,14 +128,12 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
 
     if resume and os.path.isfile(ckpt_path):
         state = load_checkpoint(ckpt_path, map_location=device)
-        if "loader" not in state:
-            raise CheckpointError(f"{ckpt_path} was written by an older mixshare (no loader state); "
-                                  "it cannot be resumed, start a new run")
         load_weights(model, state["model"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        loader.load_state_dict(state["loader"])
-        mix_gen.set_state(state["mix_gen"].cpu())
+        # Checkpoints from before the loader kept its generators under these names.
+        loader.load_state_dict(state["loader"] if "loader" in state
+                               else {"order": state["batch_gen"], "samples": state["mix_gen"]})
         host_rng.setstate(_tuplify(state["host_rng"]))
         torch.set_rng_state(state["torch_rng"].cpu())  # a model's own randomness (the ViTs' stochastic depth)
         if on_gpu and "cuda_rng" in state:
@@ -152,8 +149,8 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
         seen = 0
         batches = _progress(loader, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress and ddp.main)
         for images, labels in batches:
-            plan = methods.sample_plan(config, labels.shape[1], grid, epoch, mix_gen, host_rng, model.num_features,
-                                       scale=model.mixing_scale)
+            plan = methods.sample_plan(config, labels.shape[1], grid, epoch, loader.sample_generator, host_rng,
+                                       model.num_features, scale=model.mixing_scale)
             loss, logits = training_step(net, images, labels, plan, optimizer, bf16=on_gpu and config.bf16)
             scheduler.step()
             loss_sum += loss
@@ -189,7 +186,6 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(),
                     "loader": loader.state_dict(),
-                    "mix_gen": mix_gen.get_state(),
                     "host_rng": list(_listify(host_rng.getstate())),
                     "torch_rng": torch.get_rng_state(),
                     **({"cuda_rng": torch.cuda.get_rng_state(device)} if on_gpu else {}),
