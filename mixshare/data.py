@@ -566,24 +566,11 @@ def mimo_epoch_indices(
     return torch.cat([prefix, own], dim=2)
 
 
-def mimo_batches(
-    num_samples: int,
-    batch_size: int,
-    num_subnets: int,
-    batch_repetition: int = 1,
-    input_repetition: float = 0.0,
-    generator: Optional[torch.Generator] = None,
-    device: Optional[DeviceLike] = None,
-) -> Iterator[torch.Tensor]:
-    """Iterate over one epoch's MIMO index matrices, int64 ``[M, R]`` each (R rows, see ``mimo_epoch_indices``).
-
-    Row ``r`` of member ``i`` is the sample that subnetwork ``i`` sees at batch position ``r``. The
-    whole epoch is drawn on the call, on the device.
-    """
-    epoch = mimo_epoch_indices(
-        num_samples, batch_size, num_subnets, batch_repetition, input_repetition, generator, device
-    )
-    return iter(epoch.unbind(0))
+def mimo_batches(*args, **kwargs) -> Iterator[torch.Tensor]:
+    """One epoch's MIMO index matrices, int64 ``[M, R]`` each: :func:`mimo_epoch_indices` (same
+    arguments) step by step. Row ``r`` of member ``i`` is the sample that subnetwork ``i`` sees at
+    batch position ``r``; the whole epoch is drawn on the call, on the device."""
+    return iter(mimo_epoch_indices(*args, **kwargs).unbind(0))
 
 
 # --------------------------------------------------------------------------- augmentation
