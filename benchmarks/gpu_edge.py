@@ -464,14 +464,14 @@ def triton_heuristic_tiles(enabled: bool):
     if not enabled:
         yield
         return
-    from mixshare_ops.triton import kernels
+    from mixshare_ops.triton import _common
 
-    saved = kernels.AUTOTUNE
-    kernels.AUTOTUNE = False
+    saved = _common.AUTOTUNE
+    _common.AUTOTUNE = False
     try:
         yield
     finally:
-        kernels.AUTOTUNE = saved
+        _common.AUTOTUNE = saved
 
 
 def parse_args(argv=None):

@@ -1,6 +1,6 @@
 // Autograd formulas of the compiled operators (mixshare_ops::<op>), for every
 // device: one kernel at the Autograd key, in C++, so that a differentiable
-// call costs no Python (the Python registration cost about 20 us per call).
+// call runs no Python.
 // The Triton operators (mixshare_ops::triton_<op>) keep theirs in
 // mixshare_ops/_registration.py; the formulas are the same.
 //

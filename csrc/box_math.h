@@ -111,7 +111,13 @@ MIXSHARE_HOST_DEVICE T subnet_weight(const T* weights, int64_t b, int64_t i, int
   return weights[b * num_subnets + i];
 }
 
-// The per-sample quantities every unmixing kernel needs for one subnetwork.
+// The fraction of a window of rows x cols cells that lies in the box, which
+// covers covered_rows x covered_cols of them (see overlap).
+template <typename T>
+MIXSHARE_HOST_DEVICE T covered_fraction(int64_t covered_rows, int64_t covered_cols, int64_t rows, int64_t cols) {
+  return static_cast<T>(covered_rows * covered_cols) / static_cast<T>(rows * cols);
+}
+
 // The weight map averaged over a window whose `fraction` (covered / cells)
 // lies in the box: exactly `outside` when no cell is covered and `inside`
 // when all are, so a non-finite weight of the side the window does not touch
@@ -121,6 +127,19 @@ MIXSHARE_HOST_DEVICE T window_weight(T inside, T outside, T fraction) {
   return fraction == T(0) ? outside : (fraction == T(1) ? inside : outside + (inside - outside) * fraction);
 }
 
+// Fadeout: the applied mask m + r (1 - m) of a mask value m.
+template <typename T>
+MIXSHARE_HOST_DEVICE T fadeout(T m, T ratio) {
+  return m + ratio * (T(1) - m);
+}
+
+// The applied mask of a window whose `fraction` lies in the box.
+template <typename T>
+MIXSHARE_HOST_DEVICE T applied_mask(T inside, T outside, T fraction, T ratio) {
+  return fadeout(window_weight(inside, outside, fraction), ratio);
+}
+
+// The per-sample quantities every unmixing kernel needs for one subnetwork.
 template <typename T>
 struct UnmixParams {
   Box box;          // on the box grid
@@ -134,10 +153,9 @@ struct UnmixParams {
   MIXSHARE_HOST_DEVICE T mask(int64_t p, int64_t q) const {
     const int64_t y0 = adaptive_start(p, h, box_h), y1 = adaptive_end(p, h, box_h);
     const int64_t x0 = adaptive_start(q, w, box_w), x1 = adaptive_end(q, w, box_w);
-    const int64_t covered = overlap(y0, y1, box.top, box.bottom) * overlap(x0, x1, box.left, box.right);
-    const int64_t cells = (y1 - y0) * (x1 - x0);
-    const T m = window_weight(inside, outside, static_cast<T>(covered) / static_cast<T>(cells));
-    return m + ratio * (T(1) - m);
+    const T fraction = covered_fraction<T>(overlap(y0, y1, box.top, box.bottom), overlap(x0, x1, box.left, box.right),
+                                           y1 - y0, x1 - x0);
+    return applied_mask(inside, outside, fraction, ratio);
   }
 };
 

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <ostream>
 
 namespace mixshare_ops {
 
@@ -10,6 +11,28 @@ std::atomic<bool> g_value_checks{true};
 
 // Whether values of `t` should be read on the host for validation.
 bool should_check_values(const at::Tensor& t) { return t.device().is_cpu() || value_checks_enabled(); }
+}  // namespace
+
+namespace {
+// Shapes and dtypes in messages as Python writes them (tuple(t.shape), t.dtype), so
+// that a message reads the same from every backend.
+struct PyShape {
+  at::IntArrayRef sizes;
+};
+std::ostream& operator<<(std::ostream& out, const PyShape& shape) {
+  out << "(";
+  for (size_t d = 0; d < shape.sizes.size(); ++d) out << (d ? ", " : "") << shape.sizes[d];
+  return out << (shape.sizes.size() == 1 ? ",)" : ")");
+}
+PyShape py_shape(const at::Tensor& t) { return PyShape{t.sizes()}; }
+
+struct PyDtype {
+  at::ScalarType dtype;
+};
+std::ostream& operator<<(std::ostream& out, const PyDtype& dtype) {
+  return out << "torch." << c10::getDtypeNames(dtype.dtype).first;
+}
+PyDtype py_dtype(const at::Tensor& t) { return PyDtype{t.scalar_type()}; }
 }  // namespace
 
 bool value_checks_enabled() { return g_value_checks.load(); }
@@ -23,7 +46,7 @@ at::ScalarType opmath_dtype(at::ScalarType dtype) {
 void check_floating(const at::Tensor& t, const char* name) {
   const auto dtype = t.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf || dtype == at::kBFloat16, name,
-              " must be a float16, bfloat16, float32 or float64 tensor, got ", dtype);
+              " must be a float16, bfloat16, float32 or float64 tensor, got ", PyDtype{dtype});
 }
 
 void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* name, const char* like_name) {
@@ -31,10 +54,16 @@ void check_same_device(const at::Tensor& t, const at::Tensor& like, const char* 
               "), got ", t.device());
 }
 
-void check_positive_size(int64_t value, const char* name) {
-  TORCH_CHECK_VALUE(value > 0 && value <= kMaxGridSize, name, " must be in [1, ", kMaxGridSize,
+namespace {
+// A grid or feature size in [1, kMaxGridSize]; `name...` names it.
+template <typename... Name>
+void check_size(int64_t value, const Name&... name) {
+  TORCH_CHECK_VALUE(value > 0 && value <= kMaxGridSize, name..., " must be in [1, ", kMaxGridSize,
                     "] (boxes are int32 pixel coordinates), got ", value);
 }
+}  // namespace
+
+void check_positive_size(int64_t value, const char* name) { check_size(value, name); }
 
 namespace {
 // Whether dims [first, first + 3) of `t` (sizes C, H, W) are laid out as a
@@ -64,7 +93,7 @@ at::Tensor dense_copy(const at::Tensor& t, const char* name) {
   for (int64_t d = 0; d < t.dim(); ++d) broadcast = broadcast || (t.stride(d) == 0 && t.size(d) > 1);
   const int64_t bytes = t.numel() * static_cast<int64_t>(t.element_size());
   TORCH_CHECK_VALUE(!broadcast || bytes <= kMaxBroadcastCopyBytes, name, " is a broadcast (stride-0) view of shape ",
-                    t.sizes(), ": the kernels would copy it to ", bytes, " bytes, above the limit of ",
+                    py_shape(t), ": the kernels would copy it to ", bytes, " bytes, above the limit of ",
                     kMaxBroadcastCopyBytes, " (1 GiB); pass ", name, ".contiguous() to copy it anyway");
   return t.contiguous();
 }
@@ -73,10 +102,10 @@ at::Tensor dense_copy(const at::Tensor& t, const char* name) {
 
 FeatureArg feature_arg(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 4, name, " must be a 4-D [B, C, H, W] tensor, got ", t.dim(), " dims with shape ",
-              t.sizes());
+              py_shape(t));
   check_floating(t, name);
-  check_positive_size(t.size(2), "the height of features");
-  check_positive_size(t.size(3), "the width of features");
+  check_size(t.size(2), "the height of ", name);
+  check_size(t.size(3), "the width of ", name);
   FeatureArg arg;
   arg.batch = t.size(0);
   arg.channels = t.size(1);
@@ -97,11 +126,11 @@ FeatureArg feature_arg(const at::Tensor& t, const char* name) {
 
 StackedArg stacked_arg(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.dim() == 5, name, " must be a 5-D [M, B, C, H, W] tensor, got ", t.dim(), " dims with shape ",
-              t.sizes());
+              py_shape(t));
   check_floating(t, name);
   TORCH_CHECK_VALUE(t.size(0) >= 2, name, " must stack M >= 2 inputs along dim 0, got M = ", t.size(0));
-  check_positive_size(t.size(3), "the height of x");
-  check_positive_size(t.size(4), "the width of x");
+  check_size(t.size(3), "the height of ", name);
+  check_size(t.size(4), "the width of ", name);
   StackedArg arg;
   arg.subnets = t.size(0);
   arg.batch = t.size(1);
@@ -135,10 +164,20 @@ at::Tensor empty_stacked(int64_t subnets, int64_t batch, int64_t channels, int64
   return at::empty({subnets, batch, height, width, channels}, options).permute({0, 1, 4, 2, 3});
 }
 
+namespace {
+// Row b of the boxes (on the host): inside [0, H] x [0, W] with top <= bottom and left <= right.
+void check_box_row(const int32_t* row, int64_t b, int64_t height, int64_t width) {
+  TORCH_CHECK_VALUE(row[0] >= 0 && row[1] >= 0 && row[0] <= row[2] && row[1] <= row[3] && row[2] <= height &&
+                        row[3] <= width,
+                    "boxes[", b, "] = (", row[0], ", ", row[1], ", ", row[2], ", ", row[3],
+                    ") must satisfy 0 <= top <= bottom <= ", height, " and 0 <= left <= right <= ", width);
+}
+}  // namespace
+
 at::Tensor boxes_arg(const at::Tensor& boxes, const at::Tensor& like, const char* like_name, int64_t batch,
                      int64_t height, int64_t width) {
-  TORCH_CHECK_TYPE(boxes.scalar_type() == at::kInt, "boxes must be an int32 tensor, got ", boxes.scalar_type());
-  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [B, 4], got ", boxes.sizes());
+  TORCH_CHECK_TYPE(boxes.scalar_type() == at::kInt, "boxes must be an int32 tensor, got ", py_dtype(boxes));
+  TORCH_CHECK_VALUE(boxes.dim() == 2 && boxes.size(1) == 4, "boxes must have shape [B, 4], got ", py_shape(boxes));
   TORCH_CHECK_VALUE(boxes.size(0) == batch, "boxes must have one row per sample: expected B = ", batch, " (from ",
               like_name, "), got ", boxes.size(0));
   check_same_device(boxes, like, "boxes", like_name);
@@ -146,31 +185,44 @@ at::Tensor boxes_arg(const at::Tensor& boxes, const at::Tensor& like, const char
   if (batch == 0 || !should_check_values(out)) return out;
   if (out.device().is_cpu()) {
     const int32_t* row = out.const_data_ptr<int32_t>();
-    for (int64_t b = 0; b < batch; ++b, row += 4) {
-      TORCH_CHECK_VALUE(row[0] >= 0 && row[1] >= 0 && row[0] <= row[2] && row[1] <= row[3] && row[2] <= height &&
-                      row[3] <= width,
-                  "boxes[", b, "] = (", row[0], ", ", row[1], ", ", row[2], ", ", row[3],
-                  ") must satisfy 0 <= top <= bottom <= ", height, " and 0 <= left <= right <= ", width);
-    }
+    for (int64_t b = 0; b < batch; ++b, row += 4) check_box_row(row, b, height, width);
     return out;
   }
+  // On the device: one reduction and one synchronisation; the first bad row is copied to the host for the message.
   const auto top = out.select(1, 0), left = out.select(1, 1), bottom = out.select(1, 2), right = out.select(1, 3);
   const auto bad = (top < 0) | (left < 0) | (top > bottom) | (left > right) | (bottom > height) | (right > width);
-  TORCH_CHECK_VALUE(!bad.any().item<bool>(), "every box must satisfy 0 <= top <= bottom <= ", height,
-              " and 0 <= left <= right <= ", width, "; found a box outside the grid or with top > bottom or left > right");
+  if (bad.any().item<bool>()) {
+    const int64_t b = bad.nonzero()[0][0].item<int64_t>();
+    const at::Tensor row = out[b].cpu();
+    check_box_row(row.const_data_ptr<int32_t>(), b, height, width);
+  }
   return out;
+}
+
+at::Tensor mask_boxes_arg(const at::Tensor& boxes, int64_t height, int64_t width) {
+  check_positive_size(height, "height");
+  check_positive_size(width, "width");
+  TORCH_CHECK_VALUE(boxes.dim() == 2, "boxes must have shape [B, 4], got ", py_shape(boxes));
+  return boxes_arg(boxes, boxes, "boxes", boxes.size(0), height, width);
 }
 
 at::Tensor weights_arg(const at::Tensor& weights, const char* name, const at::Tensor& like, const char* like_name,
                        int64_t batch, int64_t subnets, at::ScalarType opmath) {
   TORCH_CHECK_VALUE(weights.dim() == 2 && weights.size(0) == batch && weights.size(1) == subnets, name,
-              " must have shape [B, M] = [", batch, ", ", subnets, "], got ", weights.sizes());
+              " must have shape [B, M] = [", batch, ", ", subnets, "], got ", py_shape(weights));
   check_floating(weights, name);
   check_same_device(weights, like, name, like_name);
   // The ops differentiate with respect to the features only: a weight gradient would be dropped.
   TORCH_CHECK_VALUE(!weights.requires_grad(), name,
                     " must not require grad: the mixing ops are differentiable with respect to the features only");
   return weights.to(opmath).contiguous();
+}
+
+int64_t subnets_arg(const at::Tensor& inside_weight) {
+  TORCH_CHECK_VALUE(inside_weight.dim() == 2, "inside_weight must have shape [B, M], got ", py_shape(inside_weight));
+  const int64_t subnets = inside_weight.size(1);
+  TORCH_CHECK_VALUE(subnets >= 2, "inside_weight must have M >= 2 columns (one per subnetwork), got ", subnets);
+  return subnets;
 }
 
 UnmixWeights unmix_weights_arg(const std::optional<at::Tensor>& inside_weight,
@@ -183,9 +235,7 @@ UnmixWeights unmix_weights_arg(const std::optional<at::Tensor>& inside_weight,
     out.subnets = 2;
     return out;
   }
-  TORCH_CHECK_VALUE(inside_weight->dim() == 2, "inside_weight must have shape [B, M], got ", inside_weight->sizes());
-  out.subnets = inside_weight->size(1);
-  TORCH_CHECK_VALUE(out.subnets >= 2, "inside_weight must have M >= 2 columns (one per subnetwork), got ", out.subnets);
+  out.subnets = subnets_arg(*inside_weight);
   out.inside = weights_arg(*inside_weight, "inside_weight", like, like_name, batch, out.subnets, opmath);
   out.outside = weights_arg(*outside_weight, "outside_weight", like, like_name, batch, out.subnets, opmath);
   return out;
@@ -208,10 +258,10 @@ BoxSampleArg box_sample_arg(const at::Tensor& lam, const at::Tensor& center, int
                             bool check_values) {
   check_positive_size(height, "height");
   check_positive_size(width, "width");
-  TORCH_CHECK_VALUE(lam.dim() == 1, "lam must be a 1-D [B] tensor, got shape ", lam.sizes());
+  TORCH_CHECK_VALUE(lam.dim() == 1, "lam must be a 1-D [B] tensor, got shape ", py_shape(lam));
   check_floating(lam, "lam");
   TORCH_CHECK_VALUE(center.dim() == 2 && center.size(0) == lam.size(0) && center.size(1) == 2,
-              "center must have shape [B, 2] = [", lam.size(0), ", 2], got ", center.sizes());
+              "center must have shape [B, 2] = [", lam.size(0), ", 2], got ", py_shape(center));
   check_floating(center, "center");
   check_same_device(center, lam, "center", "lam");
   const auto compute = (lam.scalar_type() == at::kDouble || center.scalar_type() == at::kDouble) ? at::kDouble
@@ -231,7 +281,7 @@ PoolGradArg pool_grad_arg(const at::Tensor& grad_out, const at::Tensor& boxes,
                           const std::optional<at::Tensor>& inside_weight,
                           const std::optional<at::Tensor>& outside_weight, int64_t box_height, int64_t box_width,
                           double ratio, int64_t channels, c10::string_view normalize, int64_t height, int64_t width) {
-  TORCH_CHECK_VALUE(grad_out.dim() == 3, "grad_out must be a 3-D [M, B, C] tensor, got shape ", grad_out.sizes());
+  TORCH_CHECK_VALUE(grad_out.dim() == 3, "grad_out must be a 3-D [M, B, C] tensor, got shape ", py_shape(grad_out));
   check_floating(grad_out, "grad_out");
   check_positive_size(height, "height");
   check_positive_size(width, "width");
@@ -248,8 +298,8 @@ PoolGradArg pool_grad_arg(const at::Tensor& grad_out, const at::Tensor& boxes,
 }
 
 bool parse_normalize(const std::string& normalize) {
-  TORCH_CHECK_VALUE(normalize == "mean" || normalize == "masked", "normalize must be \"mean\" or \"masked\", got \"",
-              normalize, "\"");
+  TORCH_CHECK_VALUE(normalize == "mean" || normalize == "masked", "normalize must be \"mean\" or \"masked\", got '",
+                    normalize, "'");
   return normalize == "masked";
 }
 

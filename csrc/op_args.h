@@ -21,6 +21,8 @@ using detail::Layout;
 // On CPU that is free and always done; on CUDA it costs a host-device
 // synchronisation, so it can be switched off (the kernels clamp boxes to the
 // grid either way, so no memory is ever touched out of bounds).
+// The flag is the one switch of every backend: Python reads and sets it through
+// the _value_checks_enabled and _set_value_checks operators.
 bool value_checks_enabled();
 bool set_value_checks(bool enabled);  // returns the previous setting
 
@@ -66,10 +68,16 @@ at::Tensor empty_stacked(int64_t subnets, int64_t batch, int64_t channels, int64
 at::Tensor boxes_arg(const at::Tensor& boxes, const at::Tensor& like, const char* like_name, int64_t batch,
                      int64_t height, int64_t width);
 
+// cutmix_mask's arguments: a height x width grid and boxes [B, 4] as boxes_arg checks them.
+at::Tensor mask_boxes_arg(const at::Tensor& boxes, int64_t height, int64_t width);
+
 // Per-sample subnetwork weights [B, M] on `like`'s device, converted to
 // `opmath` and made contiguous.
 at::Tensor weights_arg(const at::Tensor& weights, const char* name, const at::Tensor& like, const char* like_name,
                        int64_t batch, int64_t subnets, at::ScalarType opmath);
+
+// M, the number of subnetworks, from inside_weight [B, M]: M >= 2.
+int64_t subnets_arg(const at::Tensor& inside_weight);
 
 // Optional unmixing weights: both given ([B, M], M >= 2) or both absent
 // (default M = 2). Returns M and the converted weights (undefined if absent).

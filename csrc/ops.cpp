@@ -29,8 +29,10 @@ TORCH_LIBRARY(mixshare_ops, m) {
       "cutmix_unmix_pool_backward(Tensor grad_out, Tensor boxes, Tensor? inside_weight, Tensor? outside_weight, "
       "SymInt box_height, SymInt box_width, float ratio, SymInt channels, str normalize, SymInt height, "
       "SymInt width, bool channels_last) -> Tensor");
-  // Not a tensor op: switches the host-side value checks of CUDA inputs.
+  // Not tensor ops: the switch of the host-side value checks of CUDA inputs
+  // (mixshare_ops.set_value_checks and value_checks_enabled).
   m.def("_set_value_checks(bool enabled) -> bool", &mixshare_ops::set_value_checks);
+  m.def("_value_checks_enabled() -> bool", &mixshare_ops::value_checks_enabled);
   // Not a tensor op: how many threads the CPU kernels' at::parallel_for uses.
   m.def("_cpu_parallel_for_threads(int work_items) -> int", &mixshare_ops::cpu::parallel_for_threads);
 }

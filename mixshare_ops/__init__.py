@@ -11,7 +11,7 @@ built, and ``torch.ops.mixshare_ops.triton_<name>`` for the Triton kernels):
 
 from mixshare_ops import _extension, _registration
 from mixshare_ops.backends import BACKENDS, available_backends
-from mixshare_ops.checks import value_checks, value_checks_enabled
+from mixshare_ops.checks import set_value_checks, value_checks, value_checks_enabled
 from mixshare_ops.ops import (
     box_mix,
     cutmix_boxes,
@@ -51,6 +51,7 @@ __all__ = [
     "cutmix_unmix",
     "cutmix_unmix_pool",
     "sample_cutmix_boxes",
+    "set_value_checks",
     "value_checks",
     "value_checks_enabled",
 ]

@@ -1,23 +1,76 @@
-"""Loads the compiled operator library (mixshare_ops._C) if it was built."""
+"""Loads the compiled operator library (mixshare_ops._C) if it was built and is current."""
 
 from __future__ import annotations
 
 import torch
 
-_load_error: str | None = None
-try:
-    from mixshare_ops import _C  # noqa: F401  (importing registers the ops)
-except ImportError as exc:  # built without the extension, or an ABI mismatch
-    _load_error = f"{type(exc).__name__}: {exc}"
+# Every operator csrc/ops.cpp defines, and those with an Autograd kernel
+# (csrc/autograd.cpp). A library missing any of them was built from older
+# sources and is not used.
+OPERATORS = (
+    "cutmix_boxes",
+    "cutmix_mask",
+    "box_mix",
+    "box_mix_backward",
+    "cutmix_unmix",
+    "cutmix_unmix_backward",
+    "cutmix_unmix_pool",
+    "cutmix_unmix_pool_backward",
+    "_set_value_checks",
+    "_value_checks_enabled",
+    "_cpu_parallel_for_threads",
+)
+AUTOGRAD_OPERATORS = (
+    "box_mix",
+    "box_mix_backward",
+    "cutmix_unmix",
+    "cutmix_unmix_backward",
+    "cutmix_unmix_pool",
+    "cutmix_unmix_pool_backward",
+)
+REBUILD = "pip install --no-build-isolation -e ."
+
+
+def _has_operator(op: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(f"mixshare_ops::{op}", "")
+    except RuntimeError:
+        return False
+    return True
+
+
+def outdated_reason() -> str | None:
+    """Why the loaded library is not the one these sources build (None if it is)."""
+    for op in OPERATORS:
+        if not _has_operator(op):
+            return f"no operator {op}"
+    for op in AUTOGRAD_OPERATORS:
+        if not torch._C._dispatch_has_kernel_for_dispatch_key(f"mixshare_ops::{op}", "Autograd"):
+            return f"no Autograd kernel for {op}"
+    return None
+
+
+def _load() -> str | None:
+    try:
+        from mixshare_ops import _C  # noqa: F401  (importing registers the ops)
+    except ImportError as exc:  # built without the extension, or an ABI mismatch
+        return f"{type(exc).__name__}: {exc}"
+    reason = outdated_reason()
+    if reason is not None:
+        return f"mixshare_ops/_C was built from older sources ({reason}); rebuild: {REBUILD}"
+    return None
+
+
+_load_error: str | None = _load()
 
 
 def loaded() -> bool:
-    """Whether the C++ operator library is loaded."""
+    """Whether the C++ operator library is loaded (and current)."""
     return _load_error is None
 
 
 def load_error() -> str | None:
-    """Why the C++ operator library could not be loaded (None if it was)."""
+    """Why the C++ operator library is not used (None if it is)."""
     return _load_error
 
 

@@ -3,7 +3,8 @@
 Both operator families share the fakes: the compiled ones
 (``mixshare_ops::<op>``, defined in csrc/ops.cpp) and the Triton ones
 (``mixshare_ops::triton_<op>``). The compiled ops have their autograd
-formulas in C++ (csrc/autograd.cpp, no Python per call); the Triton ops get
+formulas in C++ (csrc/autograd.cpp, no Python per call; a library without
+them is not loaded, see :mod:`mixshare_ops._extension`); the Triton ops get
 the same formulas here.
 
 Every backward saves only the boxes, the [B, M] weights and scalars. Each
@@ -16,11 +17,10 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 
 import torch
 
-from mixshare_ops import _extension, _layout, checks
+from mixshare_ops import _extension, _layout, backends, checks
 
 
 def _subnets(inside_weight) -> int:
@@ -39,23 +39,13 @@ def _fake_cutmix_mask(boxes, height, width, dtype):
     return boxes.new_empty((boxes.shape[0], 1, height, width), dtype=dtype)
 
 
-def _check_mix_arguments(inside_weight, outside_weight, scale) -> None:
-    """What the kernels check of box_mix's weights and scale, also at trace time."""
-    torch._check(math.isfinite(scale), lambda: f"scale must be finite, got {scale}")
-    for name, weights in (("inside_weight", inside_weight), ("outside_weight", outside_weight)):
-        torch._check(not weights.requires_grad, lambda: f"{name} must not require grad: the mixing ops are "
-                     "differentiable with respect to the features only")
-
-
 def _fake_box_mix(x, boxes, inside_weight, outside_weight, scale):
-    _check_mix_arguments(inside_weight, outside_weight, scale)
     _, batch, channels, height, width = x.shape
     _, layout = _layout.stacked_layout(x)
     return _layout.empty_features(batch, channels, height, width, layout, dtype=x.dtype, device=x.device)
 
 
 def _fake_box_mix_backward(grad_out, boxes, inside_weight, outside_weight, scale):
-    _check_mix_arguments(inside_weight, outside_weight, scale)
     batch, channels, height, width = grad_out.shape
     _, layout = _layout.feature_layout(grad_out, "grad_out")
     return _layout.empty_stacked(
@@ -157,13 +147,9 @@ FAKES = {
 # ------------------------------------------------------------------- autograd
 
 
-def _ops(prefix: str):
-    """Resolves ``torch.ops.mixshare_ops.<prefix><name>`` lazily."""
-    return lambda name: getattr(torch.ops.mixshare_ops, prefix + name).default
-
-
-def _register_autograd(prefix: str) -> None:
-    op = _ops(prefix)
+def _register_triton_autograd() -> None:
+    def op(name):
+        return backends.op("triton", name).default
 
     # box_mix <-> box_mix_backward
     def save_box_mix(ctx, inputs, output):
@@ -219,7 +205,7 @@ def _register_autograd(prefix: str) -> None:
         boxes, inside_weight, outside_weight = ctx.saved_tensors
         return (op("cutmix_unmix_pool")(grad, boxes, inside_weight, outside_weight, *ctx.args),) + (None,) * 11
 
-    ns = f"mixshare_ops::{prefix}"
+    ns = "mixshare_ops::triton_"
     torch.library.register_autograd(ns + "box_mix", box_mix_grad, setup_context=save_box_mix)
     torch.library.register_autograd(ns + "box_mix_backward", box_mix_backward_grad, setup_context=save_box_mix)
     torch.library.register_autograd(ns + "cutmix_unmix", unmix_grad, setup_context=save_unmix)
@@ -231,15 +217,15 @@ def _register_autograd(prefix: str) -> None:
 
 
 def register_all() -> None:
-    """Registers fakes and autograd for every operator family defined here."""
-    from mixshare_ops.triton import ops as _triton_ops  # noqa: F401  (defines the triton_* ops)
+    """Registers fakes (and, for the Triton ops, autograd) for every operator family defined here:
+    the compiled ops if the extension loaded, the Triton ops if triton is installed."""
+    prefixes = [""] if _extension.loaded() else []
+    if backends.triton_installed():
+        import mixshare_ops.triton  # noqa: F401  (defines the triton_* ops)
 
-    prefixes = ["triton_"] + ([""] if _extension.loaded() else [])
+        prefixes.append("triton_")
     for prefix in prefixes:
         for name, fake in FAKES.items():
             torch.library.register_fake(f"mixshare_ops::{prefix}{name}", _checked(name, fake))
-    _register_autograd("triton_")
-    # A library built before csrc/autograd.cpp existed has no C++ formulas:
-    # give it the Python ones rather than ops that silently don't differentiate.
-    if _extension.loaded() and not _extension.has_kernel("box_mix", "Autograd"):
-        _register_autograd("")
+    if backends.triton_installed():
+        _register_triton_autograd()

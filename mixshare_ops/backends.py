@@ -4,7 +4,7 @@ Backends, in the order automatic selection tries them:
 
 * ``cuda``: the compiled CUDA kernels (CUDA tensors);
 * ``triton``: the Triton kernels (CUDA tensors; CPU tensors only under
-  ``TRITON_INTERPRET=1``, set before the kernels are defined, and only when
+  ``TRITON_INTERPRET=1``, set before ``import mixshare_ops``, and only when
   asked for by name: the interpreter is a testing aid);
 * ``cpu``: the compiled C++ CPU kernels (CPU tensors);
 * ``reference``: plain PyTorch (any device), the specification.
@@ -56,6 +56,17 @@ def available_backends(device: torch.device | str | None = None) -> list[str]:
     else:
         types = [torch.device(device).type]
     return [b for b in BACKENDS if any(_usable(b, t) for t in types)]
+
+
+def op(backend: str, name: str):
+    """The operator implementing ``name`` on ``backend``: ``torch.ops.mixshare_ops.<name>`` for the
+    compiled backends (``cuda``, ``cpu``), ``torch.ops.mixshare_ops.triton_<name>`` for ``triton``.
+    The ``reference`` backend has no operators."""
+    if backend == "triton":
+        return getattr(torch.ops.mixshare_ops, "triton_" + name)
+    if backend in ("cuda", "cpu"):
+        return getattr(torch.ops.mixshare_ops, name)
+    raise ValueError(f"the {backend!r} backend has no operators: expected one of cuda, triton, cpu")
 
 
 def check_backend_name(backend: str, source: str = "backend") -> None:

@@ -1,11 +1,15 @@
-"""Argument validation for the Python entry points (mirrors ``csrc/op_args.cpp``).
+"""Argument checks of the operators (the same rules and messages as ``csrc/op_args.cpp``).
 
-Shape, dtype and device checks read only tensor metadata, so they run for
-every backend and trace cleanly under ``torch.compile``. Value checks (box
-coordinates, ``lam`` and ``center`` ranges) read tensor data: free on CPU,
-a host-device synchronisation on CUDA, where :func:`value_checks` can turn
-them off. Kernels clamp boxes to the grid either way, so disabling the checks
-never leads to out-of-bounds memory access, only to clamped boxes.
+The Triton operators and the fake (meta) kernels of every operator run these
+checks; the public wrappers run them for the ``reference`` backend only,
+which has no operator (see :mod:`mixshare_ops.ops`).
+
+Shape, dtype and device checks read only tensor metadata and trace cleanly
+under ``torch.compile``. Value checks (box coordinates, ``lam`` and
+``center`` ranges) read tensor data: free on CPU, a host-device
+synchronisation on CUDA, where :func:`value_checks` can turn them off.
+Kernels clamp boxes to the grid either way, so disabling the checks never
+leads to out-of-bounds memory access, only to clamped boxes.
 """
 
 from __future__ import annotations
@@ -15,27 +19,34 @@ import math
 
 import torch
 
+from mixshare_ops import _extension
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 NORMALIZE_MODES = ("mean", "masked")
 
+# The value-check switch. With the C++ library loaded, its flag (read and set
+# through torch.ops.mixshare_ops._value_checks_enabled / _set_value_checks)
+# is the only one, read by the compiled operators, the Triton operators and
+# the reference wrappers alike; this variable is the switch only without it.
 _value_checks = True
 
 
 def value_checks_enabled() -> bool:
+    """Whether value checks of CUDA inputs are on (CPU inputs are always checked)."""
+    if _extension.loaded():
+        return bool(torch.ops.mixshare_ops._value_checks_enabled())
     return _value_checks
 
 
 def set_value_checks(enabled: bool) -> bool:
-    """Turns value checks of CUDA inputs on or off; returns the previous setting.
+    """Turns value checks of CUDA inputs on or off for every backend; returns the previous setting.
 
     CPU inputs are always checked (it costs no synchronisation).
     """
     global _value_checks
-    previous, _value_checks = _value_checks, bool(enabled)
-    from mixshare_ops import _extension  # local import: avoids a cycle
-
     if _extension.loaded():
-        torch.ops.mixshare_ops._set_value_checks(bool(enabled))
+        return bool(torch.ops.mixshare_ops._set_value_checks(bool(enabled)))
+    previous, _value_checks = _value_checks, bool(enabled)
     return previous
 
 
@@ -51,7 +62,7 @@ def value_checks(enabled: bool):
 
 
 def _should_check_values(t: torch.Tensor) -> bool:
-    return t.device.type == "cpu" or _value_checks
+    return t.device.type == "cpu" or value_checks_enabled()
 
 
 def check_floating(t: torch.Tensor, name: str) -> None:
@@ -202,8 +213,8 @@ def check_box_sample_values(lam: torch.Tensor, center: torch.Tensor) -> None:
         raise ValueError("center must lie in [0, 1) (no NaN)")
 
 
-# Per-op validation of everything but tensor values; shared by the public
-# wrappers (all backends) and the Triton operators.
+# Per-op validation of everything but tensor values: the Triton operators,
+# the fake kernels and the reference wrappers run these.
 
 
 def validate_cutmix_mask(boxes, height, width) -> None:

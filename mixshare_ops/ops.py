@@ -1,9 +1,21 @@
-"""Public entry points: check arguments, pick a backend, call its operator.
+"""Public entry points: pick a backend, call its operator.
 
 Every function takes ``backend=`` (``"cuda"``, ``"triton"``, ``"cpu"``,
 ``"reference"``; default: automatic, see :mod:`mixshare_ops.backends`).
 Shapes are given in the docstrings; see :mod:`mixshare_ops.reference` for the
 exact semantics.
+
+Arguments are checked once per call. The operators of the ``cuda``, ``cpu``
+and ``triton`` backends check their own arguments (csrc/op_args.cpp, and
+:mod:`mixshare_ops.checks` for the Triton operators and the fake kernels that
+``torch.compile`` traces); the ``reference`` backend has no operator, so its
+calls run :mod:`mixshare_ops.checks` here. A wrapper itself checks only what
+no operator can: the Python types of the arguments (the operator schemas take
+``True`` for a float or an int and answer a wrong type without naming the
+rule), that every tensor argument is on the device the backend was chosen
+for, and the arguments that exist in the public API only (``box_size``,
+``channels=None``, ``dtype``, ``sample_cutmix_boxes``' ``batch`` and
+``alpha``, ``cutmix_mix``'s ``x0`` and ``x1``).
 """
 
 from __future__ import annotations
@@ -13,20 +25,50 @@ from typing import Optional, Sequence
 import torch
 
 from mixshare_ops import checks, reference
-from mixshare_ops.backends import select_backend
+from mixshare_ops.backends import op, select_backend
 
 Tensor = torch.Tensor
 
 
-def _op(backend: str, name: str):
-    """The operator implementing ``name`` on a compiled or Triton backend."""
-    prefix = "triton_" if backend == "triton" else ""
-    return getattr(torch.ops.mixshare_ops, prefix + name)
+def _is_int(value) -> bool:
+    return isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool)
+
+
+def _is_float(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _checked_backend(backend, validate, args, tensors, optional=(), ints=(), floats=(), strs=()) -> str:
+    """The backend of a call whose tensor arguments are ``tensors`` ((name, value) pairs; the
+    first one's device chooses the backend) and ``optional`` (the same, None allowed).
+
+    Where an argument has the wrong Python type, ``validate(*args)`` (the operator's checks in
+    :mod:`mixshare_ops.checks`) raises the error that names it. The ``reference`` backend runs
+    ``validate`` on every call; the other backends' operators check the rest themselves.
+    """
+    typed = (
+        all(isinstance(t, torch.Tensor) for _, t in tensors)
+        and all(t is None or isinstance(t, torch.Tensor) for _, t in optional)
+        and all(_is_int(v) for v in ints)
+        and all(_is_float(v) for v in floats)
+        and all(isinstance(v, str) for v in strs)
+    )
+    if not typed:
+        validate(*args)
+        raise TypeError(f"{validate.__name__}: an argument has the wrong type")  # unreachable: validate raised
+    first_name, first = tensors[0]
+    backend = select_backend(first.device, backend)
+    if backend == "reference":
+        validate(*args)
+    else:
+        for name, t in list(tensors[1:]) + [(n, t) for n, t in optional if t is not None]:
+            checks.check_same_device(t, first, name, first_name)
+    return backend
 
 
 def _check_reference_values(fn, *args) -> None:
-    # Value checks read data; under torch.compile the fused backends do them
-    # inside their (opaque) operators, the traced reference skips them.
+    # Value checks read data; under torch.compile the other backends make
+    # them inside their (opaque) operators, the traced reference skips them.
     if not torch.compiler.is_compiling():
         fn(*args)
 
@@ -45,21 +87,24 @@ def cutmix_boxes(
     lam: [B] target ratios in [0, 1]; center: [B, 2] uniforms in [0, 1) (row,
     column). Returns ``boxes`` int32 [B, 4] (top, left, bottom, right) and
     ``area`` [B] (realised box area / (height * width), dtype of ``lam``).
-    ``check_values=False`` skips the range checks of ``lam`` and ``center``
-    (a host sync on CUDA) for values valid by construction; out-of-range
-    values are then clamped.
+    ``check_values=False`` is this call's own opt-out of the range checks of
+    ``lam`` and ``center`` (a host sync on CUDA), for values valid by
+    construction; out-of-range values are then clamped. The switch for every
+    op is :func:`mixshare_ops.value_checks`.
     """
     return _cutmix_boxes(lam, center, height, width, backend=backend, check_values=check_values)
 
 
 def _cutmix_boxes(lam, center, height, width, *, backend, check_values):
-    checks.check_box_sample(lam, center, height, width)
-    backend = select_backend(lam.device, backend)
+    backend = _checked_backend(
+        backend, checks.check_box_sample, (lam, center, height, width),
+        tensors=(("lam", lam), ("center", center)), ints=(height, width),
+    )
     if backend == "reference":
         if check_values:
             _check_reference_values(checks.check_box_sample_values, lam, center)
         return reference.cutmix_boxes(lam, center, height, width)
-    return _op(backend, "cutmix_boxes")(lam, center, height, width, check_values)
+    return op(backend, "cutmix_boxes")(lam, center, height, width, bool(check_values))
 
 
 def sample_cutmix_boxes(
@@ -98,14 +143,15 @@ def cutmix_mask(
     boxes: Tensor, height: int, width: int, dtype: torch.dtype = torch.float32, *, backend: Optional[str] = None
 ) -> Tensor:
     """[B, 1, H, W] mask of ``dtype``: 1 inside each sample's box, 0 outside."""
-    checks.validate_cutmix_mask(boxes, height, width)
+    backend = _checked_backend(
+        backend, checks.validate_cutmix_mask, (boxes, height, width), tensors=(("boxes", boxes),), ints=(height, width)
+    )
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"dtype must be a torch.dtype, got {type(dtype).__name__}")
-    backend = select_backend(boxes.device, backend)
     if backend == "reference":
         _check_reference_values(checks.check_box_values, boxes, height, width)
         return reference.cutmix_mask(boxes, height, width, dtype)
-    return _op(backend, "cutmix_mask")(boxes, height, width, dtype)
+    return op(backend, "cutmix_mask")(boxes, height, width, dtype)
 
 
 def box_mix(
@@ -124,12 +170,15 @@ def box_mix(
     MIMO summing: weights 1/M, scale M. Cut-MixMo (M = 2): inside (1, 0),
     outside (0, 1), scale 2. Differentiable with respect to ``x``.
     """
-    checks.validate_box_mix(x, boxes, inside_weight, outside_weight, scale)
-    backend = select_backend(x.device, backend)
+    backend = _checked_backend(
+        backend, checks.validate_box_mix, (x, boxes, inside_weight, outside_weight, scale),
+        tensors=(("x", x), ("boxes", boxes), ("inside_weight", inside_weight), ("outside_weight", outside_weight)),
+        floats=(scale,),
+    )
     if backend == "reference":
         _check_reference_values(checks.check_box_values, boxes, x.shape[3], x.shape[4])
         return reference.box_mix(x, boxes, inside_weight, outside_weight, scale)
-    return _op(backend, "box_mix")(x, boxes, inside_weight, outside_weight, float(scale))
+    return op(backend, "box_mix")(x, boxes, inside_weight, outside_weight, float(scale))
 
 
 def cutmix_mix(x0: Tensor, x1: Tensor, boxes: Tensor, scale: float = 2.0, *, backend: Optional[str] = None) -> Tensor:
@@ -153,11 +202,28 @@ def cutmix_mix(x0: Tensor, x1: Tensor, boxes: Tensor, scale: float = 2.0, *, bac
 
 
 def _unmix_args(features, box_size, channels):
+    """``box_size`` as a pair and ``channels`` as an int, their defaults taken from ``features``."""
+    if not isinstance(features, torch.Tensor):
+        return box_size, channels  # refused by the type checks of _checked_backend
+    if features.dim() != 4:
+        checks.check_features(features, "features")  # raises: no feature size to take defaults from
     box_size = tuple(features.shape[2:]) if box_size is None else tuple(box_size)
     if len(box_size) != 2:
         raise ValueError(f"box_size must be a pair (height, width), got {box_size}")
     channels = features.shape[1] if channels is None else channels
     return box_size, channels
+
+
+def _unmix_backend(backend, validate, args, strs=()):
+    features, boxes, inside_weight, outside_weight, box_size, ratio, channels = args[:7]
+    return _checked_backend(
+        backend, validate, args,
+        tensors=(("features", features), ("boxes", boxes)),
+        optional=(("inside_weight", inside_weight), ("outside_weight", outside_weight)),
+        ints=box_size + (channels,) if isinstance(features, torch.Tensor) else (None,),
+        floats=(ratio,),
+        strs=strs,
+    )
 
 
 def cutmix_unmix(
@@ -179,18 +245,22 @@ def cutmix_unmix(
     ``m_i + ratio * (1 - m_i)``, the others pass through. Default weights:
     M = 2, the box is subnetwork 0's. Differentiable with respect to ``features``.
     """
-    if isinstance(features, torch.Tensor) and features.dim() == 4:
-        box_size, channels = _unmix_args(features, box_size, channels)
-    checks.validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    backend = select_backend(features.device, backend)
+    box_size, channels = _unmix_args(features, box_size, channels)
+    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    backend = _unmix_backend(backend, checks.validate_unmix, args)
     if backend == "reference":
         _check_reference_values(checks.check_box_values, boxes, *box_size)
         return reference.cutmix_unmix(
             features, boxes, inside_weight, outside_weight, box_size=box_size, ratio=ratio, channels=channels
         )
-    return _op(backend, "cutmix_unmix")(
+    return op(backend, "cutmix_unmix")(
         features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels
     )
+
+
+def _validate_unmix_pool(features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize):
+    checks.validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    checks.check_normalize(normalize)
 
 
 def cutmix_unmix_pool(
@@ -211,17 +281,15 @@ def cutmix_unmix_pool(
     ``h * w``; ``"masked"`` by the sum of the applied mask over (h, w) (by
     ``h * w`` where that sum is 0). Differentiable with respect to ``features``.
     """
-    if isinstance(features, torch.Tensor) and features.dim() == 4:
-        box_size, channels = _unmix_args(features, box_size, channels)
-    checks.validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    checks.check_normalize(normalize)
-    backend = select_backend(features.device, backend)
+    box_size, channels = _unmix_args(features, box_size, channels)
+    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    backend = _unmix_backend(backend, _validate_unmix_pool, args + (normalize,), strs=(normalize,))
     if backend == "reference":
         _check_reference_values(checks.check_box_values, boxes, *box_size)
         return reference.cutmix_unmix_pool(
             features, boxes, inside_weight, outside_weight,
             box_size=box_size, ratio=ratio, channels=channels, normalize=normalize,
         )
-    return _op(backend, "cutmix_unmix_pool")(
+    return op(backend, "cutmix_unmix_pool")(
         features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels, normalize
     )

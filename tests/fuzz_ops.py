@@ -28,7 +28,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixshare_ops import reference
+from mixshare_ops import backends, reference
 from tests.cases import TOLERANCES, to_layout
 
 OPS = (
@@ -397,7 +397,7 @@ def run(prefix: str, examples: int, names=OPS, meta: bool = False) -> None:
     common = settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                       suppress_health_check=list(HealthCheck), print_blob=False)
     for name in names:
-        op = getattr(torch.ops.mixshare_ops, prefix + name)
+        op = backends.op("triton" if prefix == "triton_" else "cpu", name)
 
         @common
         @given(valid_calls(name, dtypes))

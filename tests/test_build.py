@@ -1,6 +1,7 @@
 """Build paths: CMake library + load_library, nvcc -c of every .cu, setup.py without torch."""
 
 import concurrent.futures
+import json
 import os
 import pathlib
 import shutil
@@ -190,3 +191,64 @@ def test_setup_without_torch_says_what_to_run():
     run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode != 0
     assert "pip install --no-build-isolation ." in run.stderr
+
+
+needs_extension = pytest.mark.skipif(not mixshare_ops.backend_info()["extension_loaded"], reason="C++ extension not built")
+
+
+@needs_extension
+def test_current_library_is_not_outdated():
+    assert mixshare_ops._extension.outdated_reason() is None
+
+
+@needs_extension
+@pytest.mark.parametrize("missing", ["operator", "autograd"])
+def test_outdated_library_is_named(monkeypatch, missing):
+    """A library without an operator of the schema list or without an Autograd kernel is outdated."""
+    if missing == "operator":
+        monkeypatch.setattr(mixshare_ops._extension, "_has_operator", lambda op: op != "_value_checks_enabled")
+        expected = "no operator _value_checks_enabled"
+    else:
+        has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+        monkeypatch.setattr(
+            torch._C, "_dispatch_has_kernel_for_dispatch_key",
+            lambda op, key: (op, key) != ("mixshare_ops::box_mix", "Autograd") and has_kernel(op, key),
+        )
+        expected = "no Autograd kernel for box_mix"
+    assert mixshare_ops._extension.outdated_reason() == expected
+
+
+@needs_extension
+def test_outdated_library_is_refused_at_load():
+    """Loaded in a fresh interpreter whose _C lacks box_mix's Autograd kernel: the extension counts
+    as not loaded, with the rebuild command as its load error, and only the other backends remain."""
+    script = textwrap.dedent(
+        """
+        import json, torch
+        has_kernel = torch._C._dispatch_has_kernel_for_dispatch_key
+        torch._C._dispatch_has_kernel_for_dispatch_key = (
+            lambda op, key: False if (op, key) == ("mixshare_ops::box_mix", "Autograd") else has_kernel(op, key))
+        import mixshare_ops
+        info = mixshare_ops.backend_info()
+        x = torch.randn(2, 1, 1, 4, 4)
+        boxes = torch.tensor([[0, 0, 2, 2]], dtype=torch.int32)
+        w = torch.tensor([[1.0, 0.0]])
+        with mixshare_ops.value_checks(False):
+            switch = mixshare_ops.value_checks_enabled()
+        info["value_checks"] = [switch, mixshare_ops.value_checks_enabled()]
+        mixshare_ops.box_mix(x, boxes, w, 1 - w, 2.0)
+        print(json.dumps(info))
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MIXSHARE_OPS_BACKEND", "TRITON_INTERPRET")}
+    run = subprocess.run([sys.executable, "-W", "ignore", "-c", script], cwd=ROOT, capture_output=True, text=True,
+                         env=env)
+    assert run.returncode == 0, run.stderr[-4000:]
+    info = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not info["extension_loaded"] and not info["cpu_kernels"]
+    assert info["extension_error"] == (
+        "mixshare_ops/_C was built from older sources (no Autograd kernel for box_mix); "
+        "rebuild: pip install --no-build-isolation -e ."
+    )
+    assert "cpu" not in info["available_backends"]
+    assert info["value_checks"] == [False, True]  # the Python switch stands in for the refused library's

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import mixshare_ops
+from mixshare_ops import backends
 from tests.cases import MIX_CASES, UNMIX_CASES
 
 MIX = next(c for c in MIX_CASES if c.name == "m2")
@@ -15,7 +16,7 @@ def _raw_args():
     """{op name: positional arguments (CPU)} for every operator, from the shared sample cases."""
     x, boxes, inside, outside, scale = MIX.make()
     features_args = UNMIX.op_args()
-    features, unmix_boxes = features_args[0], features_args[1]
+    features = features_args[0]
     grad_pooled = torch.randn(3, *features.shape[:2])
     return {
         "cutmix_boxes": (torch.rand(4), torch.rand(4, 2), 8, 8),
@@ -30,10 +31,11 @@ def _raw_args():
     }
 
 
-def _prefixes():
-    out = [pytest.param("triton_", id="triton")]
+def _op_backends():
+    """The operator families: Triton, and the compiled one (``op("cpu", ...)``, any device)."""
+    out = [pytest.param("triton", id="triton")]
     if mixshare_ops.backend_info()["extension_loaded"]:
-        out.append(pytest.param("", id="compiled"))
+        out.append(pytest.param("cpu", id="compiled"))
     return out
 
 
@@ -43,48 +45,48 @@ MIXED_DEVICE_CASES = [  # ops with two or more tensor arguments, each argument i
 ]
 
 
-@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("op_backend", _op_backends())
 @pytest.mark.parametrize("name, index", MIXED_DEVICE_CASES, ids=lambda v: str(v))
-def test_one_meta_argument_is_a_device_mismatch(prefix, name, index):
+def test_one_meta_argument_is_a_device_mismatch(op_backend, name, index):
     """One argument on meta and the rest on CPU: an error naming the devices, not a meta or
     uninitialised result."""
     args = list(_raw_args()[name])
     args[index] = args[index].to("meta")
-    op = getattr(torch.ops.mixshare_ops, prefix + name)
+    op = backends.op(op_backend, name)
     with pytest.raises(RuntimeError, match="must be on the device of"):
         op(*args)
 
 
-@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("op_backend", _op_backends())
 @pytest.mark.parametrize("name", list(_raw_args()))
-def test_all_meta_arguments_give_meta_results(prefix, name):
+def test_all_meta_arguments_give_meta_results(op_backend, name):
     args = [a.to("meta") if isinstance(a, torch.Tensor) else a for a in _raw_args()[name]]
-    out = getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+    out = backends.op(op_backend, name)(*args)
     for t in out if isinstance(out, tuple) else (out,):
         assert t.device.type == "meta"
 
 
-@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("op_backend", _op_backends())
 @pytest.mark.parametrize("name", ["box_mix", "box_mix_backward"])
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 @pytest.mark.parametrize("scale", [float("nan"), float("inf"), -float("inf")], ids=str)
-def test_raw_box_mix_refuses_a_non_finite_scale(prefix, name, device, scale):
+def test_raw_box_mix_refuses_a_non_finite_scale(op_backend, name, device, scale):
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in _raw_args()[name]]
     args[4] = scale
     with pytest.raises((ValueError, RuntimeError), match="scale must be finite"):
-        getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+        backends.op(op_backend, name)(*args)
 
 
-@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("op_backend", _op_backends())
 @pytest.mark.parametrize("name", ["box_mix", "box_mix_backward"])
 @pytest.mark.parametrize("device", ["cpu", "meta"])
 @pytest.mark.parametrize("which", [2, 3], ids=["inside_weight", "outside_weight"])
-def test_raw_box_mix_refuses_weights_that_require_grad(prefix, name, device, which):
+def test_raw_box_mix_refuses_weights_that_require_grad(op_backend, name, device, which):
     """Their gradient would be silently dropped: the ops differentiate with respect to the features only."""
     args = [a.to(device) if isinstance(a, torch.Tensor) else a for a in _raw_args()[name]]
     args[which] = args[which].clone().requires_grad_()
     with pytest.raises((ValueError, RuntimeError), match="must not require grad"):
-        getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+        backends.op(op_backend, name)(*args)
 
 
 def _unmix_backends():
@@ -135,13 +137,13 @@ def _broadcast_args(name):
     return (big, boxes, None, None, 20000, 20000, 0.5, 1, "mean")
 
 
-@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("op_backend", _op_backends())
 @pytest.mark.parametrize("name", ["box_mix", "box_mix_backward", "cutmix_unmix", "cutmix_unmix_backward",
                                   "cutmix_unmix_pool"])
-def test_broadcast_inputs_are_not_copied_past_the_limit(prefix, name):
+def test_broadcast_inputs_are_not_copied_past_the_limit(op_backend, name):
     """A stride-0 view the kernels would have to copy to more than 1 GiB is refused before any copy."""
     with pytest.raises(ValueError, match=r"broadcast \(stride-0\) view .* above the limit of 1073741824"):
-        getattr(torch.ops.mixshare_ops, prefix + name)(*_broadcast_args(name))
+        backends.op(op_backend, name)(*_broadcast_args(name))
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
@@ -174,14 +176,14 @@ def _size_cases():
     }
 
 
-@pytest.mark.parametrize("prefix", _prefixes())
+@pytest.mark.parametrize("op_backend", _op_backends())
 @pytest.mark.parametrize("case", list(_size_cases()))
-def test_grid_sizes_past_int32_boxes_are_refused(prefix, case):
+def test_grid_sizes_past_int32_boxes_are_refused(op_backend, case):
     """Boxes are int32 pixel coordinates: a grid of 2**31 or more is refused with the limit, never
     answered with wrapped boxes or NaN masks."""
     name, args, what = _size_cases()[case]
     with pytest.raises(ValueError, match=rf"{what} must be in \[1, 2147483647\]"):
-        getattr(torch.ops.mixshare_ops, prefix + name)(*args)
+        backends.op(op_backend, name)(*args)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])

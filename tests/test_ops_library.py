@@ -4,15 +4,11 @@ import pytest
 import torch
 
 import mixshare_ops
+from mixshare_ops.backends import op as _op
 from tests.cases import MIX_CASES, UNMIX_CASES, backend_params
 
 OPCHECK_MIX = [c for c in MIX_CASES if c.name in ("m2", "m3_odd", "transposed_channels_last", "batch0")]
 OPCHECK_UNMIX = [c for c in UNMIX_CASES if c.name in ("default", "m3_partial", "channels_last_m3", "batch0")]
-
-
-def _op(backend, name):
-    prefix = "triton_" if backend == "triton" else ""
-    return getattr(torch.ops.mixshare_ops, prefix + name)
 
 
 def _opcheck(op, args, backend):

@@ -1,10 +1,10 @@
 """Triton index widths, grid limits and autotuning.
 
 Slices of 2**31 elements do not fit a CPU test, so the int64 path of every
-kernel is forced by lowering ``kernels.INT32_LIMIT``: the same kernels then
+kernel is forced by lowering ``_common.INT32_LIMIT``: the same kernels then
 index in int64 on small inputs and must still match the reference (and each
 kernel's ``tl.static_assert`` checks that its offsets really are int64). The
-grid limit is lowered the same way (``kernels.GRID_LIMIT``). Overflows that
+grid limit is lowered the same way (``_common.GRID_LIMIT``). Overflows that
 small inputs can reach (window cell counts, box arithmetic) run for real: the
 interpreter wraps int32 like a GPU. The compiler's front end runs without a
 GPU too, in a subprocess without the interpreter (``python -m
@@ -37,11 +37,28 @@ KERNELS = ["cutmix_boxes_kernel", "cutmix_mask_kernel", "box_mix_kernel", "box_m
            "cutmix_unmix_pool_backward_kernel"]
 
 
-@pytest.fixture
-def kernels():
-    from mixshare_ops.triton import kernels
+def _op_modules():
+    """The Triton op modules (kernels, launchers, op definitions)."""
+    from mixshare_ops.triton import box_mix, boxes, cutmix_unmix, cutmix_unmix_pool
 
-    return kernels
+    return [boxes, box_mix, cutmix_unmix, cutmix_unmix_pool]
+
+
+def _kernel_module(name):
+    """The op module that defines (and launches) kernel ``name``."""
+    (module,) = [m for m in _op_modules() if hasattr(m, name)]
+    return module
+
+
+def _kernel(name):
+    return getattr(_kernel_module(name), name)
+
+
+@pytest.fixture
+def common():
+    from mixshare_ops.triton import _common
+
+    return _common
 
 
 def _untuned(kernel):
@@ -49,13 +66,6 @@ def _untuned(kernel):
     from triton.runtime.autotuner import Autotuner
 
     return kernel.fn if isinstance(kernel, Autotuner) else kernel
-
-
-@pytest.fixture
-def launch():
-    from mixshare_ops.triton import launch
-
-    return launch
 
 
 class _Spy:
@@ -73,14 +83,15 @@ class _Spy:
 
 
 @pytest.fixture(params=[False, True], ids=["int32", "int64"])
-def index_width(request, kernels, monkeypatch):
+def index_width(request, common, monkeypatch):
     """Runs the test with the default limit, then with every in-sample value in
     int64; checks afterwards that every launch got that index width."""
     if request.param:
-        monkeypatch.setattr(kernels, "INT32_LIMIT", 1)
+        monkeypatch.setattr(common, "INT32_LIMIT", 1)
     log = []
     for name in KERNELS:
-        monkeypatch.setattr(kernels, name, _Spy(name, getattr(kernels, name), log))
+        module = _kernel_module(name)
+        monkeypatch.setattr(module, name, _Spy(name, getattr(module, name), log))
     yield request.param
     assert log, "no kernel launched"
     assert all(flag is request.param for name, flag in log if name != "cutmix_boxes_kernel"), log
@@ -172,18 +183,18 @@ def test_box_arithmetic_past_int32():
     assert torch.equal(area.cpu(), ref_area)
 
 
-def test_int64_is_chosen_from_the_sizes(launch):
+def test_int64_is_chosen_from_the_sizes(common):
     # In-sample offsets: one [1, 46341, 46341] slice has more than 2**31 elements.
-    assert launch._int64(launch._slice_bound(1, 46341 * 46341))
-    assert launch._int64(launch._slice_bound(2**16, 2**15))
-    assert not launch._int64(launch._slice_bound(2048, 2**19))  # 2**30 elements
+    assert common._int64(common._slice_bound(1, 46341 * 46341))
+    assert common._int64(common._slice_bound(2**16, 2**15))
+    assert not common._int64(common._slice_bound(2048, 2**19))  # 2**30 elements
     # Pixel indices of a tile's padding lanes pass 2**31 before the offsets do.
-    assert launch._int64(launch._slice_bound(1, 2**31 - 100))
+    assert common._int64(common._slice_bound(1, 2**31 - 100))
     # Window products (y + 1) * box_h on a 2**16 grid from 2**16 boxes, and cell counts.
-    assert launch._int64(launch._window_bound(2**16, 8, 2**16, 8))
-    assert launch._int64(launch._window_bound(1, 1, 2**16, 2**16))
-    assert not launch._int64(launch._window_bound(8, 8, 224, 224))
-    assert not launch._int64(launch._window_bound(1, 1, 32768, 32768))
+    assert common._int64(common._window_bound(2**16, 8, 2**16, 8))
+    assert common._int64(common._window_bound(1, 1, 2**16, 2**16))
+    assert not common._int64(common._window_bound(8, 8, 224, 224))
+    assert not common._int64(common._window_bound(1, 1, 32768, 32768))
 
 
 # ---------------------------------------------------------------------------
@@ -192,7 +203,7 @@ def test_int64_is_chosen_from_the_sizes(launch):
 
 
 class _NoAllocation:
-    """launch's view of torch, without the allocating functions."""
+    """The launchers' view of torch, without the allocating functions."""
 
     def __getattr__(self, name):
         if name in ("empty", "zeros", "full", "empty_like", "zeros_like"):
@@ -236,36 +247,39 @@ def _op_calls():
 
 
 @pytest.mark.parametrize("op", OPS)
-def test_grid_limit_is_refused_before_allocating(op, kernels, launch, monkeypatch):
+def test_grid_limit_is_refused_before_allocating(op, common, monkeypatch):
     ((name, call, arg),) = [c for c in _op_calls() if c[0] == op]
     call()  # fits the default limit
-    monkeypatch.setattr(kernels, "GRID_LIMIT", 2)
-    for attr in ("empty_features", "empty_stacked", "stacked_layout", "feature_layout"):
-        monkeypatch.setattr(launch, attr, _refuse)
-    monkeypatch.setattr(launch, "torch", _NoAllocation())
+    monkeypatch.setattr(common, "GRID_LIMIT", 2)
+    for module in _op_modules():
+        for attr in ("empty_features", "empty_stacked", "stacked_layout", "feature_layout"):
+            if hasattr(module, attr):
+                monkeypatch.setattr(module, attr, _refuse)
+    for module in [common] + _op_modules():
+        monkeypatch.setattr(module, "torch", _NoAllocation())
     with pytest.raises(ValueError, match=rf"^{name} \(Triton backend\): {arg} with B = \d+.*GRID_LIMIT = 2\b"):
         call()
 
 
 @pytest.mark.parametrize("channels,hw", [(1, 1), (3, 35), (64, 1024), (640, 49), (2048, 7), (5, 100003)])
-def test_grid_bounds_cover_every_tile(channels, hw, kernels, launch, monkeypatch):
+def test_grid_bounds_cover_every_tile(channels, hw, common, monkeypatch):
     """The bounds the launchers check hold for every tile a launch may get, tuned at any batch size."""
-    monkeypatch.setattr(kernels, "GRID_LIMIT", 0)  # no shortcut: the bound over the tiles
-    monkeypatch.setattr(kernels, "AUTOTUNE", True)  # every candidate
+    monkeypatch.setattr(common, "GRID_LIMIT", 0)  # no shortcut: the bound over the tiles
+    monkeypatch.setattr(common, "AUTOTUNE", True)  # every candidate
     for subnets in (2, 3):
-        mb = kernels.next_pow2(subnets)
+        mb = common.next_pow2(subnets)
         for batch in (1, 7, 300):
-            bound = launch._elementwise_grid_bound(batch, channels, hw, subnets)
-            pool_bound = launch._pool_grid_bound(batch, channels, hw, subnets)
+            bound = common._elementwise_grid_bound(batch, channels, hw, subnets)
+            pool_bound = common._pool_grid_bound(batch, channels, hw, subnets)
             assert batch <= min(bound, pool_bound)  # unmix_masks_kernel: one program per sample
             for tuned_at in (1, 7, 300, 10**5):
                 for channels_last in (False, True):
-                    for tile, warps in kernels.ELEMENTWISE_TUNING:
-                        meta = kernels.elementwise_meta(tuned_at, channels, hw, channels_last, mb, tile, warps)
-                        assert kernels.elementwise_programs(batch, channels, hw, meta) <= bound
-                    for tile, warps in kernels.POOL_TUNING:
-                        meta = kernels.pool_meta(tuned_at, channels, hw, channels_last, mb, tile, warps)
-                        assert batch * kernels.cdiv(channels, meta["CB"]) <= pool_bound
+                    for tile, warps in common.ELEMENTWISE_TUNING:
+                        meta = common.elementwise_meta(tuned_at, channels, hw, channels_last, mb, tile, warps)
+                        assert common.elementwise_programs(batch, channels, hw, meta) <= bound
+                    for tile, warps in common.POOL_TUNING:
+                        meta = common.pool_meta(tuned_at, channels, hw, channels_last, mb, tile, warps)
+                        assert batch * common.cdiv(channels, meta["CB"]) <= pool_bound
 
 
 # ---------------------------------------------------------------------------
@@ -277,28 +291,29 @@ TUNED = ["box_mix_kernel", "box_mix_backward_kernel", "cutmix_unmix_kernel", "cu
          "cutmix_unmix_pool_kernel", "cutmix_unmix_pool_backward_kernel"]
 
 
-def test_autotune_key_leaves_out_the_batch(kernels):
+def test_autotune_key_leaves_out_the_batch(common):
     """A new batch size (a last partial batch, an evaluation batch) must not re-tune and synchronise."""
-    assert "B" not in kernels.AUTOTUNE_KEY and "B" in kernels.UNSPECIALIZED
+    assert "B" not in common.AUTOTUNE_KEY and "B" in common.UNSPECIALIZED
     for name in TUNED:
-        kernel = getattr(kernels, name)
+        kernel = _kernel(name)
         arg_names = kernel.arg_names  # an Autotuner on GPUs, the JIT function here
-        assert set(kernels.AUTOTUNE_KEY) <= set(arg_names), (name, arg_names)
+        assert set(common.AUTOTUNE_KEY) <= set(arg_names), (name, arg_names)
         assert "B" in arg_names
         if hasattr(kernel, "keys"):  # on GPUs: the autotuner really uses that key
-            assert list(kernel.keys) == kernels.AUTOTUNE_KEY
+            assert list(kernel.keys) == common.AUTOTUNE_KEY
         if hasattr(_untuned(kernel), "do_not_specialize"):  # compiled kernels: B is not specialised on
             assert "B" in _untuned(kernel).do_not_specialize, name
 
 
 @pytest.mark.parametrize("pool", [False, True], ids=["box_mix", "cutmix_unmix_pool"])
-def test_new_batch_size_does_not_benchmark_again(pool, kernels, monkeypatch):
+def test_new_batch_size_does_not_benchmark_again(pool, common, monkeypatch):
     """The real triton autotuner around a kernel (timings faked, so no GPU is
     needed): the first call of a feature size benchmarks the pruned tiles, a
     new batch size reuses them (and stays correct), a new feature size tunes again."""
-    name, meta_fn, tuning = (("cutmix_unmix_pool_kernel", kernels.pool_meta, kernels.POOL_TUNING) if pool
-                             else ("box_mix_kernel", kernels.elementwise_meta, kernels.ELEMENTWISE_TUNING))
-    tuner = kernels.autotuner(_untuned(getattr(kernels, name)), meta_fn, tuning)
+    name, meta_fn, tuning = (("cutmix_unmix_pool_kernel", common.pool_meta, common.POOL_TUNING) if pool
+                             else ("box_mix_kernel", common.elementwise_meta, common.ELEMENTWISE_TUNING))
+    module = _kernel_module(name)
+    tuner = common.autotuner(_untuned(getattr(module, name)), meta_fn, tuning)
     benchmarked = []
 
     def fake_bench(*args, config, **kwargs):
@@ -306,8 +321,8 @@ def test_new_batch_size_does_not_benchmark_again(pool, kernels, monkeypatch):
         return [float(len(benchmarked))] * 3
 
     monkeypatch.setattr(tuner, "_bench", fake_bench)
-    monkeypatch.setattr(kernels, name, tuner)
-    monkeypatch.setattr(kernels, "AUTOTUNE", True)
+    monkeypatch.setattr(module, name, tuner)
+    monkeypatch.setattr(common, "AUTOTUNE", True)
 
     def run(batch, channels):
         g = torch.Generator().manual_seed(batch)
@@ -373,9 +388,9 @@ def _compile_front_end() -> int:
     except Exception as exc:  # noqa: BLE001
         print(f"no Triton front end for a CUDA target here: {exc!r}")
         return 3
-    from mixshare_ops.triton import kernels
+    from mixshare_ops.triton import _common
 
-    assert not kernels.INTERPRET
+    assert not _common.INTERPRET
     wide_args = {"C", "HW", "height", "width", "h", "w", "box_h", "box_w", "stride_m", "stride_b", "out_stride_m"}
 
     def compile_one(kernel, consts, wide, label):
@@ -411,14 +426,14 @@ def _compile_front_end() -> int:
     for int64, wide in widths:
         for channels_last in (False, True):
             for name, extra in feature_kernels:
-                compile_one(getattr(kernels, name), {**common, **extra, "CHANNELS_LAST": channels_last, "INT64": int64},
+                compile_one(_kernel(name), {**common, **extra, "CHANNELS_LAST": channels_last, "INT64": int64},
                             wide, f"{name} INT64={int64} wide={wide} channels_last={channels_last}")
-        compile_one(kernels.unmix_masks_kernel, dict(M=3, MB=4, DEFAULT_W=False, MASKED=True, OPMATH=tl.float32, PB=64,
-                                                     NUM_PB=3, INT64=int64, ratio_ptr=None),
+        compile_one(_kernel("unmix_masks_kernel"), dict(M=3, MB=4, DEFAULT_W=False, MASKED=True, OPMATH=tl.float32,
+                                                        PB=64, NUM_PB=3, INT64=int64, ratio_ptr=None),
                     wide, f"unmix_masks_kernel INT64={int64} wide={wide}")
-        compile_one(kernels.cutmix_mask_kernel, dict(BH=8, BW=64, INT64=int64), wide,
+        compile_one(_kernel("cutmix_mask_kernel"), dict(BH=8, BW=64, INT64=int64), wide,
                     f"cutmix_mask_kernel INT64={int64} wide={wide}")
-    compile_one(kernels.cutmix_boxes_kernel, dict(OPMATH=tl.float32, BLOCK=256), False, "cutmix_boxes_kernel")
+    compile_one(_kernel("cutmix_boxes_kernel"), dict(OPMATH=tl.float32, BLOCK=256), False, "cutmix_boxes_kernel")
     return 0
 
 

@@ -204,9 +204,7 @@ at::Tensor box_mix_backward_cpu(const at::Tensor& grad_out, const at::Tensor& bo
                                 const at::Tensor& outside_weight, double scale) {
   const FeatureArg g = feature_arg(grad_out, "grad_out");
   check_scale(scale);
-  TORCH_CHECK_VALUE(inside_weight.dim() == 2, "inside_weight must have shape [B, M], got ", inside_weight.sizes());
-  const int64_t M = inside_weight.size(1);
-  TORCH_CHECK_VALUE(M >= 2, "inside_weight must have M >= 2 columns (one per subnetwork), got ", M);
+  const int64_t M = subnets_arg(inside_weight);
   const at::Tensor boxes_c = boxes_arg(boxes, grad_out, "grad_out", g.batch, g.height, g.width);
   const auto opmath = opmath_dtype(grad_out.scalar_type());
   const at::Tensor w_in = weights_arg(inside_weight, "inside_weight", grad_out, "grad_out", g.batch, M, opmath);

@@ -38,11 +38,8 @@ std::tuple<at::Tensor, at::Tensor> cutmix_boxes_cpu(const at::Tensor& lam, const
 }
 
 at::Tensor cutmix_mask_cpu(const at::Tensor& boxes, int64_t height, int64_t width, at::ScalarType dtype) {
-  check_positive_size(height, "height");
-  check_positive_size(width, "width");
-  TORCH_CHECK_VALUE(boxes.dim() == 2, "boxes must have shape [B, 4], got ", boxes.sizes());
+  const at::Tensor boxes_c = mask_boxes_arg(boxes, height, width);
   const int64_t batch = boxes.size(0);
-  const at::Tensor boxes_c = boxes_arg(boxes, boxes, "boxes", batch, height, width);
   at::Tensor mask = at::empty({batch, 1, height, width}, boxes.options().dtype(dtype));
   AT_DISPATCH_ALL_TYPES_AND3(at::kHalf, at::kBFloat16, at::kBool, dtype, "cutmix_mask_cpu", [&] {
     const int32_t* boxes_p = boxes_c.const_data_ptr<int32_t>();

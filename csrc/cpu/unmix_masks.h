@@ -18,8 +18,8 @@ const T* optional_ptr(const at::Tensor& t) {
 }
 
 // The applied masks m_i + ratio * (1 - m_i) of every subnetwork i at every
-// feature cell of one sample at a time, as detail::UnmixParams::mask computes
-// them (the same arithmetic, so the same bits), with the integer work
+// feature cell of one sample at a time, by the formulas of box_math.h that
+// detail::UnmixParams::mask uses (so the same bits), with the integer work
 // hoisted: the adaptive-pool windows are fixed by the sizes, the box
 // overlaps are computed once per row and column, and the covered fraction
 // of a cell is shared by all subnetworks.
@@ -50,11 +50,8 @@ class UnmixMasks {
     for (int64_t p = 0; p < h_; ++p) {
       const int64_t rows = row_end_[p] - row_start_[p];
       T* fraction = fraction_.data() + p * w_;
-      for (int64_t q = 0; q < w_; ++q) {
-        const int64_t covered = row_cover_[p] * col_cover_[q];
-        const int64_t cells = rows * (col_end_[q] - col_start_[q]);
-        fraction[q] = static_cast<T>(covered) / static_cast<T>(cells);
-      }
+      for (int64_t q = 0; q < w_; ++q)
+        fraction[q] = detail::covered_fraction<T>(row_cover_[p], col_cover_[q], rows, col_end_[q] - col_start_[q]);
     }
     const int64_t hw = h_ * w_;
     for (int64_t i = 0; i < subnets_; ++i) {
@@ -62,10 +59,7 @@ class UnmixMasks {
       const T outside = detail::subnet_weight(outside_, b, i, subnets_, false);
       const T* __restrict fraction = fraction_.data();
       T* __restrict mask = masks_.data() + i * hw;
-      for (int64_t k = 0; k < hw; ++k) {
-        const T m = detail::window_weight(inside, outside, fraction[k]);
-        mask[k] = m + ratio_ * (T(1) - m);
-      }
+      for (int64_t k = 0; k < hw; ++k) mask[k] = detail::applied_mask(inside, outside, fraction[k], ratio_);
     }
   }
 

@@ -74,11 +74,8 @@ std::tuple<at::Tensor, at::Tensor> cutmix_boxes_cuda(const at::Tensor& lam, cons
 }
 
 at::Tensor cutmix_mask_cuda(const at::Tensor& boxes, int64_t height, int64_t width, at::ScalarType dtype) {
-  check_positive_size(height, "height");
-  check_positive_size(width, "width");
-  TORCH_CHECK_VALUE(boxes.dim() == 2, "boxes must have shape [B, 4], got ", boxes.sizes());
+  const at::Tensor boxes_c = mask_boxes_arg(boxes, height, width);
   const int64_t batch = boxes.size(0);
-  const at::Tensor boxes_c = boxes_arg(boxes, boxes, "boxes", batch, height, width);
   const c10::cuda::CUDAGuard guard(boxes.device());
   at::Tensor mask = at::empty({batch, 1, height, width}, boxes.options().dtype(dtype));
   // Dispatched even when empty, so that an unsupported dtype fails as on CPU.
