@@ -4,22 +4,9 @@ from __future__ import annotations
 
 import torch
 
-# Every operator csrc/ops.cpp defines, and those with an Autograd kernel
-# (csrc/autograd.cpp). A library missing any of them was built from older
-# sources and is not used.
-OPERATORS = (
-    "cutmix_boxes",
-    "cutmix_mask",
-    "box_mix",
-    "box_mix_backward",
-    "cutmix_unmix",
-    "cutmix_unmix_backward",
-    "cutmix_unmix_pool",
-    "cutmix_unmix_pool_backward",
-    "_set_value_checks",
-    "_value_checks_enabled",
-    "_cpu_parallel_for_threads",
-)
+# A library missing any operator below, or an Autograd kernel, was built from
+# older sources and is not used.
+# The differentiable operators of csrc/ops.cpp, each with an Autograd kernel (csrc/autograd.cpp).
 AUTOGRAD_OPERATORS = (
     "box_mix",
     "box_mix_backward",
@@ -28,6 +15,9 @@ AUTOGRAD_OPERATORS = (
     "cutmix_unmix_pool",
     "cutmix_unmix_pool_backward",
 )
+# Every operator of csrc/ops.cpp.
+OPERATORS = ("cutmix_boxes", "cutmix_mask") + AUTOGRAD_OPERATORS + (
+    "_set_value_checks", "_value_checks_enabled", "_cpu_parallel_for_threads")
 REBUILD = "pip install --no-build-isolation -e ."
 
 
