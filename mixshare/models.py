@@ -95,7 +95,100 @@ def kaiming_truncated_(weight: torch.Tensor) -> torch.Tensor:
     return nn.init.trunc_normal_(weight, 0.0, scale, -2.0 * scale, 2.0 * scale)
 
 
-class MimoNet(MimoModel):
+def align_encoders(encoders, encoder_init: str) -> None:
+    """In place: encoders 2..M start as encoder 1's weights (``identical``, MixShare's kernel
+    alignment) or a random positive multiple of them (``colinear``, MixShare appendix C);
+    ``independent`` leaves them as drawn."""
+    if encoder_init not in ENCODER_INITS:
+        raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
+    first = list(encoders[0].parameters())
+    with torch.no_grad():
+        for encoder in encoders[1:]:
+            factor = torch.empty(()).uniform_(0.5, 2.0) if encoder_init == "colinear" else None
+            for param, ref in zip(encoder.parameters(), first):
+                if encoder_init == "identical":
+                    param.copy_(ref)
+                elif encoder_init == "colinear" and param.dim() > 1:  # the kernels, not biases
+                    param.copy_(ref * factor)
+
+
+class MimoCNN(MimoModel):
+    """A MIMO CNN: M input encoders, mixing right after them, a shared core, M heads.
+
+    Subclasses hold ``encoders`` and ``heads`` (ModuleLists of M) and define :meth:`core` and
+    :meth:`core_sequence`. Training mixes the encodings ``[M, B, D, h, w]`` with ``box_mix``
+    on the encoders' output grid (:meth:`mixing_grid`) and pools the core's final map
+    ``[B, C, h', w']`` per subnetwork (``cutmix_unmix_pool`` for MixShare, the mean otherwise);
+    test time sums the encodings.
+    """
+
+    #: Channels of the images the encoders take.
+    in_channels: int = 3
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """images [M, B, C, H, W] -> encodings [M, B, D, h, w]."""
+        if images.dim() != 5 or images.shape[0] != self.num_subnets:
+            raise ValueError(f"images must be [M={self.num_subnets}, B, C, H, W], got {tuple(images.shape)}")
+        return torch.stack([enc(img) for enc, img in zip(self.encoders, images)])
+
+    def core(self, mixed: torch.Tensor) -> torch.Tensor:
+        """Mixed encodings [B, D, h, w] -> the final map [B, C, h', w'] (``num_features`` = C)."""
+        raise NotImplementedError
+
+    def core_sequence(self) -> list[nn.Module]:
+        """The core's modules in the order they run (the stages of :meth:`stage_features`)."""
+        raise NotImplementedError
+
+    def mixing_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The encoders' output size for images of ``image_size`` (one probe per size, cached)."""
+        cache = self.__dict__.setdefault("_grid_cache", {})
+        key = tuple(int(v) for v in image_size)
+        if key not in cache:
+            param = next(self.encoders[0].parameters())
+            probe = torch.zeros((1, self.in_channels) + key, device=param.device, dtype=param.dtype)
+            with torch.no_grad():
+                cache[key] = tuple(self.encoders[0](probe).shape[-2:])
+        return cache[key]
+
+    def stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of the core's modules that hold convolutions, encodings summed (test-time mixing)."""
+        x = self.encode(images).sum(0)
+        features = []
+        for module in self.core_sequence():
+            x = module(x)
+            if any(isinstance(m, nn.Conv2d) for m in module.modules()):
+                features.append(x)
+        return features
+
+    def forward(self, images: torch.Tensor, plan=None) -> torch.Tensor:
+        """images [M, B, C, H, W] -> logits [M, B, K].
+
+        ``plan`` (a :class:`mixshare.methods.MixPlan`): without one the M encodings
+        are summed (MIMO / MixMo test time); with one they are mixed by ``box_mix``
+        and, if the plan unmixes, the final map is unmixed and pooled per
+        subnetwork (``cutmix_unmix_pool``).
+        """
+        encoded = self.encode(images)
+        if plan is None or self.num_subnets == 1:
+            mixed = encoded.sum(0)
+        else:
+            mixed = mixshare_ops.box_mix(encoded, plan.boxes, plan.inside, plan.outside, plan.scale)
+        features = self.core(mixed)
+        if plan is not None and plan.unmix is not None and self.num_subnets > 1:
+            pooled = mixshare_ops.cutmix_unmix_pool(
+                features, plan.boxes, plan.inside, plan.outside, box_size=tuple(encoded.shape[-2:]),
+                ratio=plan.unmix.ratio, channels=plan.unmix.channels, normalize=plan.unmix.normalize,
+            )  # [M, B, C]
+        else:
+            pooled = features.mean(dim=(2, 3)).expand(self.num_subnets, -1, -1)
+        return torch.stack([head(p) for head, p in zip(self.heads, pooled)])
+
+    def compile_core(self) -> None:
+        for module in self.core_sequence():
+            module.compile()
+
+
+class MimoNet(MimoCNN):
     """M encoders (3x3 conv, 3 -> ``stem``), a pre-activation core, BN-ReLU, M heads.
 
     ``stages``: list of (channels, blocks, stride). M = 1 is the plain network.
@@ -138,24 +231,11 @@ class MimoNet(MimoModel):
                 else:
                     nn.init.normal_(module.weight, 0.0, head_std)
                 nn.init.zeros_(module.bias)
-        first = self.encoders[0].weight
-        with torch.no_grad():
-            for encoder in self.encoders[1:]:
-                if encoder_init == "identical":  # MixShare's kernel alignment
-                    encoder.weight.copy_(first)
-                elif encoder_init == "colinear":  # a random positive multiple (MixShare appendix C)
-                    factor = torch.empty(()).uniform_(0.5, 2.0)
-                    encoder.weight.copy_(first * factor)
+        align_encoders(self.encoders, encoder_init)
 
     def mixing_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """The grid the mixing boxes live on: the encoder output, i.e. the image size (H, W)."""
+        """The image size (H, W): the 3x3 encoders keep it."""
         return tuple(image_size)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """images [M, B, 3, H, W] -> encodings [M, B, stem, H, W]."""
-        if images.dim() != 5 or images.shape[0] != self.num_subnets:
-            raise ValueError(f"images must be [M={self.num_subnets}, B, 3, H, W], got {tuple(images.shape)}")
-        return torch.stack([enc(img) for enc, img in zip(self.encoders, images)])
 
     def core(self, mixed: torch.Tensor) -> torch.Tensor:
         """Mixed encodings [B, stem, H, W] -> final activated map [B, C, h, w]."""
@@ -163,41 +243,8 @@ class MimoNet(MimoModel):
             mixed = stage(mixed)
         return F.relu(self.final_bn(mixed))
 
-    def stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps at the end of each core stage, encodings summed (test-time mixing)."""
-        x = self.encode(images).sum(0)
-        features = []
-        for stage in self.stages:
-            x = stage(x)
-            features.append(x)
-        return features
-
-    def forward(self, images: torch.Tensor, plan=None) -> torch.Tensor:
-        """images [M, B, 3, H, W] -> logits [M, B, K].
-
-        ``plan`` (a :class:`mixshare.methods.MixPlan`): without one the M encodings
-        are summed (MIMO / MixMo test time); with one they are mixed by ``box_mix``
-        and, if the plan unmixes, the final map is unmixed and pooled per
-        subnetwork (``cutmix_unmix_pool``).
-        """
-        encoded = self.encode(images)
-        if plan is None or self.num_subnets == 1:
-            mixed = encoded.sum(0)
-        else:
-            mixed = mixshare_ops.box_mix(encoded, plan.boxes, plan.inside, plan.outside, plan.scale)
-        features = self.core(mixed)
-        if plan is not None and plan.unmix is not None and self.num_subnets > 1:
-            pooled = mixshare_ops.cutmix_unmix_pool(
-                features, plan.boxes, plan.inside, plan.outside, box_size=tuple(images.shape[-2:]),
-                ratio=plan.unmix.ratio, channels=plan.unmix.channels, normalize=plan.unmix.normalize,
-            )  # [M, B, C]
-        else:
-            pooled = features.mean(dim=(2, 3)).expand(self.num_subnets, -1, -1)
-        return torch.stack([head(p) for head, p in zip(self.heads, pooled)])
-
-    def compile_core(self) -> None:
-        for stage in self.stages:
-            stage.compile()
+    def core_sequence(self) -> list[nn.Module]:
+        return list(self.stages)
 
 
 def wide_resnet(depth: int, width: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
@@ -218,7 +265,8 @@ def preact_resnet18(num_classes: int, num_subnets: int = 2, encoder_init: str = 
     return MimoNet(stages, 64, num_classes, num_subnets, encoder_init, block=PreActBlock, head_std=0.01)
 
 
-CNN_MODEL_PATTERN = "wrn-<depth>-<width> (depth = 6n + 4, e.g. wrn-28-2, wrn-16-2) or preact-resnet18"
+CNN_MODEL_PATTERN = ("wrn-<depth>-<width> (depth = 6n + 4, e.g. wrn-28-2, wrn-16-2), preact-resnet18 or "
+                     "torchvision-<resnet> (e.g. torchvision-resnet18, with torchvision installed)")
 MODEL_PATTERN = f"{CNN_MODEL_PATTERN}; or a ViT: {VIT_MODEL_PATTERN}"
 
 
@@ -236,12 +284,17 @@ def build_model(
     attribution_depth: int = 2,
     drop_path: float = 0.0,
 ) -> nn.Module:
-    """A model from its CLI name: ``wrn-<depth>-<width>``, ``preact-resnet18``, ``vit-tiny`` or ``vit-<depth>-<dim>[-<heads>]``.
+    """A model from its CLI name: ``wrn-<depth>-<width>``, ``preact-resnet18``, ``torchvision-<resnet>``,
+    ``vit-tiny`` or ``vit-<depth>-<dim>[-<heads>]``.
 
     ``encoder_init`` applies to the CNNs' M encoders; ``attribution_depth``
     (the last k blocks, with source attribution) and ``drop_path``
     (stochastic depth) to the ViTs.
     """
+    if name.startswith("torchvision-"):
+        from mixshare.backbone import torchvision_model
+
+        return torchvision_model(name[len("torchvision-"):], num_classes, num_subnets, encoder_init)
     match = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
     if match:
         return wide_resnet(int(match.group(1)), int(match.group(2)), num_classes, num_subnets, encoder_init)

@@ -1,0 +1,166 @@
+"""MIMO, MixMo and MixShare around your own CNN.
+
+:class:`MimoBackbone` turns a network into M subnetworks that share its core:
+M copies of its input encoder, the mixing of the M encodings (``box_mix``), the
+shared core, per-subnetwork pooling (``cutmix_unmix_pool`` for MixShare) and M
+copies of its head. It implements :class:`mixshare.protocol.MimoModel`, so
+``mixshare.train.training_step``, :func:`mixshare.methods.sample_plan`,
+evaluation and the share-rate analysis (over the encoders' first convolutions
+and the heads) work on it unchanged. Two ways to build one::
+
+    # from three parts
+    model = MimoBackbone(encoder=lambda: nn.Conv2d(3, 64, 3, padding=1),
+                         core=my_core, head=lambda: nn.Linear(512, 10), num_features=512)
+
+    # from a torchvision- or timm-style CNN whose forward runs its children in order
+    model = MimoBackbone.from_cnn(lambda: torchvision.models.resnet18(num_classes=10),
+                                  encoder="conv1", pool="avgpool", head="fc")
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from mixshare.models import ENCODER_INITS, MimoCNN, align_encoders
+
+ModuleOrFactory = Union[nn.Module, Callable[[], nn.Module]]
+
+
+def _instances(part: ModuleOrFactory, count: int, name: str) -> list[nn.Module]:
+    """``count`` modules: calls of a factory (each drawn by its own init), or one module and deep copies."""
+    if isinstance(part, nn.Module):
+        import copy
+
+        return [part] + [copy.deepcopy(part) for _ in range(count - 1)]
+    if not callable(part):
+        raise TypeError(f"{name} must be an nn.Module or a function returning one, got {type(part).__name__}")
+    modules = [part() for _ in range(count)]
+    for module in modules:
+        if not isinstance(module, nn.Module):
+            raise TypeError(f"{name}() must return an nn.Module, got {type(module).__name__}")
+    return modules
+
+
+def _first_conv(module: nn.Module) -> Optional[nn.Conv2d]:
+    return next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+class MimoBackbone(MimoCNN):
+    """M subnetworks around a CNN: encoders, a shared core, pooling, heads.
+
+    ``encoder``: images [B, C, H, W] -> encodings [B, D, h, w] (the mixing grid is h x w);
+    ``core``: [B, D, h, w] -> final map [B, num_features, h', w']; ``head``: [B, num_features]
+    -> logits [B, K]. ``encoder`` and ``head`` are modules (copied M times) or functions
+    returning a fresh one (called M times: independent draws). ``encoder_init``:
+    ``independent`` (as drawn), ``identical`` or ``colinear`` (MixShare's kernel alignment:
+    encoders 2..M start from encoder 1). ``in_channels``: the images' channels (default: the
+    encoder's first convolution's). M = 1 is the plain network.
+    """
+
+    def __init__(
+        self,
+        encoder: ModuleOrFactory,
+        core: nn.Module,
+        head: ModuleOrFactory,
+        num_subnets: int = 2,
+        *,
+        num_features: int,
+        encoder_init: str = "independent",
+        in_channels: Optional[int] = None,
+    ):
+        super().__init__()
+        if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 1:
+            raise ValueError(f"num_subnets must be an int >= 1, got {num_subnets!r}")
+        if encoder_init not in ENCODER_INITS:
+            raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
+        if not isinstance(core, nn.Module):
+            raise TypeError(f"core must be an nn.Module, got {type(core).__name__}")
+        self.num_subnets = num_subnets
+        self.num_features = int(num_features)
+        self.encoders = nn.ModuleList(_instances(encoder, num_subnets, "encoder"))
+        self.body = core
+        self.heads = nn.ModuleList(_instances(head, num_subnets, "head"))
+        if in_channels is None:
+            conv = _first_conv(self.encoders[0])
+            if conv is None:
+                raise ValueError("in_channels is needed: the encoder has no nn.Conv2d to read it from")
+            in_channels = conv.in_channels
+        self.in_channels = int(in_channels)
+        align_encoders(self.encoders, encoder_init)
+
+    @classmethod
+    def from_cnn(
+        cls,
+        make_model: Callable[[], nn.Module],
+        num_subnets: int = 2,
+        *,
+        encoder: str = "conv1",
+        pool: str = "avgpool",
+        head: str = "fc",
+        encoder_init: str = "independent",
+    ) -> "MimoBackbone":
+        """From a CNN whose ``forward`` runs its children in order (torchvision's and timm's ResNets).
+
+        ``make_model()`` builds the CNN (called M times: each subnetwork's encoder and head are
+        its own draw; the core is the first model's). Children up to and including ``encoder``
+        form the encoder, those after it and before ``pool`` the shared core; ``pool`` (global
+        pooling) is replaced by the MIMO pooling and ``head`` (an ``nn.Linear``, right after
+        ``pool``) is copied per subnetwork. torchvision ResNet-18: ``encoder="conv1"``,
+        ``pool="avgpool"``, ``head="fc"`` (the defaults).
+        """
+        models = [make_model() for _ in range(num_subnets)]
+        names = [name for name, _ in models[0].named_children()]
+        for part, name in (("encoder", encoder), ("pool", pool), ("head", head)):
+            if name not in names:
+                raise ValueError(f"{part}={name!r} is not a child of the model; its children: {', '.join(names)}")
+        e, p, h = names.index(encoder), names.index(pool), names.index(head)
+        if not e < p < h or h != p + 1:
+            raise ValueError(f"expected the children in the order encoder < pool < head with the head right after "
+                             f"the pool, got {encoder!r} at {e}, {pool!r} at {p}, {head!r} at {h} of {names}")
+        if h != len(names) - 1:
+            raise ValueError(f"the head {head!r} must be the last child; after it come {names[h + 1:]}")
+        heads = [dict(m.named_children())[head] for m in models]
+        if not isinstance(heads[0], nn.Linear):
+            raise TypeError(f"head={head!r} must be an nn.Linear, got {type(heads[0]).__name__}")
+        encoders = [_sequence(m, names[: e + 1]) for m in models]
+        core = _sequence(models[0], names[e + 1 : p])
+        factories = iter(encoders), iter(heads)
+        return cls(lambda: next(factories[0]), core, lambda: next(factories[1]), num_subnets,
+                   num_features=heads[0].in_features, encoder_init=encoder_init)
+
+    def core(self, mixed: torch.Tensor) -> torch.Tensor:
+        return self.body(mixed)
+
+    def core_sequence(self) -> list[nn.Module]:
+        return list(self.body) if isinstance(self.body, nn.Sequential) else [self.body]
+
+
+def _sequence(model: nn.Module, names: list[str]) -> nn.Module:
+    """The named children of ``model`` in order: the one child itself, or an nn.Sequential keeping their names."""
+    children = dict(model.named_children())
+    if len(names) == 1:
+        return children[names[0]]
+    return nn.Sequential(collections.OrderedDict((name, children[name]) for name in names))
+
+
+def torchvision_model(arch: str, num_classes: int, num_subnets: int = 2,
+                      encoder_init: str = "independent") -> MimoBackbone:
+    """``torchvision.models.<arch>`` (a ResNet-style CNN: conv1 ... avgpool, fc) as a MIMO model.
+
+    Randomly initialised (``weights=None``: nothing is downloaded). The model name
+    ``torchvision-<arch>`` of the CLI and the config builds this.
+    """
+    try:
+        import torchvision
+    except ImportError as exc:
+        raise ValueError(f"model torchvision-{arch} needs torchvision (pip install torchvision, "
+                         f"matching your torch): {exc}") from None
+    factory = getattr(torchvision.models, arch, None)
+    if not arch.isidentifier() or arch.startswith("_") or not callable(factory):
+        raise ValueError(f"torchvision.models has no model {arch!r} (e.g. resnet18, resnet50)")
+    return MimoBackbone.from_cnn(lambda: factory(weights=None, num_classes=num_classes), num_subnets,
+                                 encoder_init=encoder_init)
