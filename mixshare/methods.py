@@ -1,10 +1,12 @@
 """The per-batch mixing plan a method implies.
 
 :func:`sample_plan` draws one batch's :class:`MixPlan` (boxes, weights, scale,
-loss weights and, for MixShare, the :class:`UnmixPlan`) on the device, with no
-host sync, from the config (the method's fields, filled by a preset of
-:mod:`mixshare.config`) and the training progress. Nothing changes a plan
-once it is built.
+grid, loss weights and, for MixShare, the :class:`UnmixPlan`) on the device,
+with no host sync, from the config (the method's fields, filled by a preset of
+:mod:`mixshare.config`) and the training progress; :func:`draw_plan` does the
+same from a method's name and a model. Nothing changes a plan once it is
+built; ``box_mix``, ``cutmix_unmix(_pool)`` and ``mixshare.train.mimo_loss``
+take it as it is.
 
 The fadeout ratio on its way from the config to the kernel:
 ``Config.fade_epochs`` / ``fade_fraction`` -> :func:`unmix_ratio` (this
@@ -14,44 +16,17 @@ model -> the operator's ``ratio``.
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from typing import Optional
 
 import torch
 
 import mixshare_ops
-from mixshare.config import Config
+from mixshare.config import Config, apply, preset
+from mixshare_ops.plan import MixPlan, UnmixPlan
 
-
-@dataclasses.dataclass(frozen=True)
-class UnmixPlan:
-    """MixShare's unmixing of the core's final map: the settings of ``cutmix_unmix_pool``.
-
-    ratio: fadeout r, masks ``m + r (1 - m)``; channels: how many leading channels are
-    unmixed; normalize: ``"mean"`` or ``"masked"`` pooling.
-    """
-
-    ratio: float
-    channels: int
-    normalize: str
-
-
-@dataclasses.dataclass(frozen=True)
-class MixPlan:
-    """How one training batch of R rows is mixed, unmixed and weighted in the loss (all on the device).
-
-    boxes: int32 [R, 4] on the mixing grid; inside / outside: [R, M] weights of each
-    input inside / outside the box; scale: the ``box_mix`` scale; loss_weights: [R, M];
-    unmix: the unmixing of MixShare's methods, else None.
-    """
-
-    boxes: torch.Tensor
-    inside: torch.Tensor
-    outside: torch.Tensor
-    scale: float
-    loss_weights: torch.Tensor
-    unmix: Optional[UnmixPlan] = None
+__all__ = ["MixPlan", "UnmixPlan", "cut_probability", "draw_plan", "fade_span", "loss_weights", "sample_plan",
+           "unmix_ratio"]
 
 
 def cut_probability(config: Config, epoch: float) -> float:
@@ -117,19 +92,20 @@ def sample_plan(
     ``host_rng``; everything per sample uses ``generator`` on the device.
     """
     m = config.num_subnets
+    grid = (int(grid[0]), int(grid[1]))
     scale = float(m) if scale is None else float(scale)
     device = generator.device
     no_box = torch.zeros(batch, 4, dtype=torch.int32, device=device)
     if config.mixing == "none":
         ones = torch.ones(batch, 1, device=device)
-        return MixPlan(no_box, ones, ones, 1.0, ones)
+        return MixPlan(no_box, ones, ones, 1.0, grid, ones)
     if config.mixing == "sum":  # MIMO: equal linear weights, encodings summed
         weights = torch.full((batch, m), 1.0 / m, device=device)
-        return MixPlan(no_box, weights, weights, scale, loss_weights(weights, config.loss_root))
+        return MixPlan(no_box, weights, weights, scale, grid, loss_weights(weights, config.loss_root))
     lam = torch._sample_dirichlet(torch.full((batch, m), float(config.alpha), device=device), generator=generator)
     cut = config.mixing == "cut" and host_rng.random() < cut_probability(config, epoch)
     if not cut:  # linear MixMo
-        return MixPlan(no_box, lam, lam, scale, loss_weights(lam, config.loss_root))
+        return MixPlan(no_box, lam, lam, scale, grid, loss_weights(lam, config.loss_root))
     owner = host_rng.randrange(m)  # input filling the box: shuffled per batch
     center = torch.rand(batch, 2, device=device, generator=generator)
     boxes, area = mixshare_ops.cutmix_boxes(lam[:, owner], center, grid[0], grid[1], check_values=False)
@@ -145,4 +121,32 @@ def sample_plan(
     if config.unmix:
         unmix = UnmixPlan(unmix_ratio(config, epoch), round(config.unmix_channels * num_channels),
                           config.unmix_normalize)
-    return MixPlan(boxes, inside.contiguous(), outside, scale, loss_weights(ratios, config.loss_root), unmix)
+    return MixPlan(boxes, inside.contiguous(), outside, scale, grid, loss_weights(ratios, config.loss_root), unmix)
+
+
+def draw_plan(
+    method: str,
+    model,
+    images: torch.Tensor,
+    *,
+    epoch: float = 0.0,
+    epochs: int = 300,
+    generator: Optional[torch.Generator] = None,
+    host_rng: Optional[random.Random] = None,
+    **settings,
+) -> MixPlan:
+    """One batch's plan for ``model`` (a :class:`mixshare.protocol.MimoModel`) by method ``method``.
+
+    ``images`` [M, R, C, H, W]: the batch (its R and image size). ``method``: a preset of
+    :mod:`mixshare.config` (``"mixshare-fadeout"``, ``"cut-mixmo"``, ...), its fields overridden by
+    ``settings`` (e.g. ``unmix_normalize="masked"``); ``epoch`` (0-based) of ``epochs`` drives the
+    cut probability and the fadeout. Draws use ``generator`` (default: a new one on the images'
+    device) and ``host_rng``.
+    """
+    config = apply(Config(epochs=epochs), dict(preset(method), num_subnets=model.num_subnets, **settings),
+                   f"method {method}")
+    generator = generator or torch.Generator(images.device)
+    host_rng = host_rng or random.Random()
+    grid = model.mixing_grid(tuple(images.shape[-2:]))
+    return sample_plan(config, images.shape[1], grid, epoch, generator, host_rng, model.num_features,
+                       scale=model.mixing_scale)

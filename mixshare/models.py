@@ -172,13 +172,10 @@ class MimoCNN(MimoModel):
         if plan is None or self.num_subnets == 1:
             mixed = encoded.sum(0)
         else:
-            mixed = mixshare_ops.box_mix(encoded, plan.boxes, plan.inside, plan.outside, plan.scale)
+            mixed = mixshare_ops.box_mix(encoded, plan=plan)
         features = self.core(mixed)
         if plan is not None and plan.unmix is not None and self.num_subnets > 1:
-            pooled = mixshare_ops.cutmix_unmix_pool(
-                features, plan.boxes, plan.inside, plan.outside, box_size=tuple(encoded.shape[-2:]),
-                ratio=plan.unmix.ratio, channels=plan.unmix.channels, normalize=plan.unmix.normalize,
-            )  # [M, B, C]
+            pooled = mixshare_ops.cutmix_unmix_pool(features, plan=plan)  # [M, B, C]
         else:
             pooled = features.mean(dim=(2, 3)).expand(self.num_subnets, -1, -1)
         return torch.stack([head(p) for head, p in zip(self.heads, pooled)])

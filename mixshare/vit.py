@@ -430,7 +430,7 @@ class MimoViT(MimoModel):
         grid = self.embed(images)  # [M, B, D, h, w]
         if plan is None or self.num_subnets == 1:
             return self.per_subnet_passes(self.shared(self.tokens(grid.mean(0))))
-        mixed = mixshare_ops.box_mix(grid, plan.boxes, plan.inside, plan.outside, plan.scale)  # [B, D, h, w]
+        mixed = mixshare_ops.box_mix(grid, plan=plan)  # [B, D, h, w]
         patches = self.shared(self.tokens(mixed))
         weights = source_weights(plan.boxes, plan.inside, plan.outside, tuple(grid.shape[-2:]))
         features = self.attributed(patches, weights, torch.arange(self.num_subnets, device=images.device))

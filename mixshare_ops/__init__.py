@@ -12,6 +12,7 @@ built, and ``torch.ops.mixshare_ops.triton_<name>`` for the Triton kernels):
 from mixshare_ops import _extension, _registration
 from mixshare_ops.backends import BACKENDS, available_backends
 from mixshare_ops.checks import set_value_checks, value_checks, value_checks_enabled
+from mixshare_ops.plan import MixPlan, UnmixPlan
 from mixshare_ops.ops import (
     box_mix,
     cutmix_boxes,
@@ -42,6 +43,8 @@ def backend_info() -> dict:
 
 __all__ = [
     "BACKENDS",
+    "MixPlan",
+    "UnmixPlan",
     "available_backends",
     "backend_info",
     "box_mix",

@@ -26,6 +26,7 @@ import torch
 
 from mixshare_ops import checks, reference
 from mixshare_ops.backends import op, select_backend
+from mixshare_ops.plan import MixPlan
 
 Tensor = torch.Tensor
 
@@ -154,22 +155,39 @@ def cutmix_mask(
     return op(backend, "cutmix_mask")(boxes, height, width, dtype)
 
 
+def _from_plan(plan, op: str, given: dict) -> None:
+    """Refuses a call that passes ``plan`` and also one of the arguments the plan holds."""
+    if not isinstance(plan, MixPlan):
+        raise TypeError(f"plan must be a mixshare_ops.MixPlan, got {type(plan).__name__}")
+    twice = [name for name, value in given.items() if value is not None]
+    if twice:
+        raise ValueError(f"{op}: pass either plan or {', '.join(twice)}, not both (the plan holds them)")
+
+
 def box_mix(
     x: Tensor,
-    boxes: Tensor,
-    inside_weight: Tensor,
-    outside_weight: Tensor,
-    scale: float = 1.0,
+    boxes: Optional[Tensor] = None,
+    inside_weight: Optional[Tensor] = None,
+    outside_weight: Optional[Tensor] = None,
+    scale: Optional[float] = None,
     *,
+    plan: Optional[MixPlan] = None,
     backend: Optional[str] = None,
 ) -> Tensor:
     """Masked mixing of M inputs: x [M, B, C, H, W] -> [B, C, H, W].
 
     ``out = scale * sum_i w_i * x[i]`` with ``w_i = inside_weight[b, i]``
-    inside box b and ``outside_weight[b, i]`` outside; weights are [B, M].
-    MIMO summing: weights 1/M, scale M. Cut-MixMo (M = 2): inside (1, 0),
-    outside (0, 1), scale 2. Differentiable with respect to ``x``.
+    inside box b and ``outside_weight[b, i]`` outside; weights are [B, M];
+    ``scale`` defaults to 1. MIMO summing: weights 1/M, scale M. Cut-MixMo
+    (M = 2): inside (1, 0), outside (0, 1), scale 2. ``plan``: a
+    :class:`MixPlan` giving boxes, weights and scale instead. Differentiable
+    with respect to ``x``.
     """
+    if plan is not None:
+        _from_plan(plan, "box_mix", dict(boxes=boxes, inside_weight=inside_weight, outside_weight=outside_weight,
+                                         scale=scale))
+        boxes, inside_weight, outside_weight, scale = plan.boxes, plan.inside, plan.outside, plan.scale
+    scale = 1.0 if scale is None else scale
     backend = _checked_backend(
         backend, checks.validate_box_mix, (x, boxes, inside_weight, outside_weight, scale),
         tensors=(("x", x), ("boxes", boxes), ("inside_weight", inside_weight), ("outside_weight", outside_weight)),
@@ -201,6 +219,19 @@ def cutmix_mix(x0: Tensor, x1: Tensor, boxes: Tensor, scale: float = 2.0, *, bac
     )
 
 
+def _unmix_plan(plan, op, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize="masked"):
+    """The unmixing arguments, from ``plan`` or as given (defaults: ratio 0, normalize "masked")."""
+    if plan is None:
+        return (boxes, inside_weight, outside_weight, box_size, 0.0 if ratio is None else ratio, channels,
+                "masked" if normalize is None else normalize)
+    _from_plan(plan, op, dict(boxes=boxes, inside_weight=inside_weight, outside_weight=outside_weight,
+                              box_size=box_size, ratio=ratio, channels=channels, normalize=normalize))
+    if plan.unmix is None:
+        raise ValueError(f"{op}: the plan does not unmix (its method mixes only)")
+    return (plan.boxes, plan.inside, plan.outside, plan.grid, plan.unmix.ratio, plan.unmix.channels,
+            plan.unmix.normalize)
+
+
 def _unmix_args(features, box_size, channels):
     """``box_size`` as a pair and ``channels`` as an int, their defaults taken from ``features``."""
     if not isinstance(features, torch.Tensor):
@@ -228,13 +259,14 @@ def _unmix_backend(backend, validate, args, strs=()):
 
 def cutmix_unmix(
     features: Tensor,
-    boxes: Tensor,
+    boxes: Optional[Tensor] = None,
     inside_weight: Optional[Tensor] = None,
     outside_weight: Optional[Tensor] = None,
     *,
     box_size: Optional[Sequence[int]] = None,
-    ratio: float = 0.0,
+    ratio: Optional[float] = None,
     channels: Optional[int] = None,
+    plan: Optional[MixPlan] = None,
     backend: Optional[str] = None,
 ) -> Tensor:
     """MixShare unmixing with fadeout: features [B, C, h, w] -> [M, B, C, h, w].
@@ -242,9 +274,13 @@ def cutmix_unmix(
     Subnetwork i's mask is its weight map on the ``box_size`` grid (default:
     the feature size) averaged down to (h, w) as adaptive_avg_pool2d does; the
     first ``channels`` channels (default all) are multiplied by
-    ``m_i + ratio * (1 - m_i)``, the others pass through. Default weights:
-    M = 2, the box is subnetwork 0's. Differentiable with respect to ``features``.
+    ``m_i + ratio * (1 - m_i)`` (``ratio`` default 0), the others pass
+    through. Default weights: M = 2, the box is subnetwork 0's. ``plan``: a
+    :class:`MixPlan` giving boxes, weights, ``box_size`` (its grid), ratio and
+    channels instead. Differentiable with respect to ``features``.
     """
+    boxes, inside_weight, outside_weight, box_size, ratio, channels, _ = _unmix_plan(
+        plan, "cutmix_unmix", boxes, inside_weight, outside_weight, box_size, ratio, channels, None)
     box_size, channels = _unmix_args(features, box_size, channels)
     args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
     backend = _unmix_backend(backend, checks.validate_unmix, args)
@@ -265,22 +301,28 @@ def _validate_unmix_pool(features, boxes, inside_weight, outside_weight, box_siz
 
 def cutmix_unmix_pool(
     features: Tensor,
-    boxes: Tensor,
+    boxes: Optional[Tensor] = None,
     inside_weight: Optional[Tensor] = None,
     outside_weight: Optional[Tensor] = None,
     *,
     box_size: Optional[Sequence[int]] = None,
-    ratio: float = 0.0,
+    ratio: Optional[float] = None,
     channels: Optional[int] = None,
-    normalize: str = "masked",
+    normalize: Optional[str] = None,
+    plan: Optional[MixPlan] = None,
     backend: Optional[str] = None,
 ) -> Tensor:
     """Unmixing fused with global average pooling: [B, C, h, w] -> [M, B, C].
 
     Never materialises the M masked maps. ``normalize="mean"`` divides by
-    ``h * w``; ``"masked"`` by the sum of the applied mask over (h, w) (by
-    ``h * w`` where that sum is 0). Differentiable with respect to ``features``.
+    ``h * w``; ``"masked"`` (the default here) by the sum of the applied mask
+    over (h, w) (by ``h * w`` where that sum is 0). The training presets pool
+    with ``"mean"`` (``unmix_normalize`` in mixshare's config); a ``plan``
+    carries its method's setting, with the boxes, weights, ``box_size`` (its
+    grid), ratio and channels. Differentiable with respect to ``features``.
     """
+    boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize = _unmix_plan(
+        plan, "cutmix_unmix_pool", boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
     box_size, channels = _unmix_args(features, box_size, channels)
     args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
     backend = _unmix_backend(backend, _validate_unmix_pool, args + (normalize,), strs=(normalize,))

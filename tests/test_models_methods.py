@@ -157,12 +157,12 @@ def test_forward_with_plan_mixes_and_unmixes():
     boxes = torch.tensor([[0, 0, 8, 8]] * 4, dtype=torch.int32)
     eye = torch.eye(2)
     weights = torch.ones(4, 2)
-    plan = MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, weights, UnmixPlan(0.0, 64, "mean"))
+    plan = MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, (16, 16), weights, UnmixPlan(0.0, 64, "mean"))
     logits = model(images, plan)
     assert logits.shape == (2, 4, 10)
     # ratio 1 switches unmixing off: both heads see the plain pooled features.
-    faded = MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, weights, UnmixPlan(1.0, 64, "mean"))
-    plain = model(images, MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, weights))
+    faded = MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, (16, 16), weights, UnmixPlan(1.0, 64, "mean"))
+    plain = model(images, MixPlan(boxes, eye[0].expand(4, 2), eye[1].expand(4, 2), 2.0, (16, 16), weights))
     torch.testing.assert_close(model(images, faded), plain)
 
 
