@@ -1,8 +1,10 @@
 """``mixshare`` command line: train, eval, analyze, compare."""
 
+# torch is imported only inside the commands, so that --help answers at once.
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -10,7 +12,6 @@ import statistics
 import sys
 
 from mixshare import config as cfg
-from mixshare.data import TRAINING_DATASETS
 
 DEMO_METHODS = ("single", "cut-mixmo", "unmix-align", "mixshare-fadeout")
 DEFAULT_VIT_METHOD = "mixvit"  # the default method when the model is a ViT and no method is named
@@ -18,7 +19,7 @@ VIT_DEMO_METHODS = ("single-vit", "mixvit")  # compare's default methods for a V
 
 
 def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
-    p.add_argument("--dataset", choices=TRAINING_DATASETS, help="dataset (default: digits, embedded)")
+    p.add_argument("--dataset", choices=cfg.TRAINING_DATASETS, help="dataset (default: digits, embedded)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
     p.add_argument("--model", help="wrn-<depth>-<width> (e.g. wrn-28-2, wrn-16-2), preact-resnet18, "
                                     "vit-tiny or vit-<depth>-<dim>[-<heads>] (e.g. vit-6-128)")
@@ -65,7 +66,8 @@ def cmd_train(args) -> int:
     report = train(config, args.out, resume=args.resume)
     if report:
         print(json.dumps({k: report[k] for k in ("ensemble_accuracy", "subnetwork_accuracy", "nll", "ece",
-                                                 "encoder_share_rate", "classifier_share_rate")}, indent=2))
+                                                 "temperature", "nll_ts", "ece_ts", "encoder_share_rate",
+                                                 "classifier_share_rate")}, indent=2))
     return 0
 
 
@@ -92,11 +94,14 @@ def _dataset_for(config, data_dir, device):
 
 def cmd_eval(args) -> int:
     from mixshare import analysis
-    from mixshare.evaluate import best_test_epoch, evaluate_model
+    from mixshare.evaluate import best_test_epoch, calibration_report, collect_logits, evaluate_model, \
+        fit_calibration
 
     model, config, state, device = _model_from_checkpoint(args.checkpoint, args.device)
     dataset = _dataset_for(config, args.data_dir, device)
-    report = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
+    logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
+    report = evaluate_model(model, dataset.test_images, dataset.test_labels, config, logits=logits)
+    report.update(calibration_report(logits, dataset.test_labels, fit_calibration(model, dataset, config), config))
     report.update(analysis.share_rates(model))
     report.update(best_test_epoch(list(state.get("history", []))))
     print(json.dumps(report, indent=2))
@@ -119,34 +124,45 @@ def cmd_analyze(args) -> int:
         if model.has_source_attention and model.num_subnets > 1:
             attention = analysis.source_attention(model, dataset.test_images[: args.num_images])
             report["source_attention"] = attention.tolist()
-        report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images)
+        report["plots"] = write_plots(model, dataset, list(state.get("history", [])), args.out, args.num_images,
+                                      config=config)
         atomic_write_text(os.path.join(args.out, "analysis.json"), json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("encoder_share_rate", "classifier_share_rate", "plots")}, indent=2))
     return 0
 
 
-def _mean_std(values) -> str:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+def _mean_std(values, digits: int = 1, scale: float = 1.0) -> str:
+    """``mean ± std`` (sample std) of the numbers among ``values`` times ``scale``; "n/a" when there is none."""
+    values = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return "n/a"
     if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def comparison_table(results: dict) -> str:
-    """Markdown table in the form of MixShare's Table 1 from {method: [metrics, ...]}."""
-    lines = [
-        "| method | ensemble acc. (%) | individual acc. (%) | classifier share rate (%) | encoder share rate (%) | runs |",
-        "|---|---|---|---|---|---|",
-    ]
+    """Markdown table in the form of MixShare's Table 1 from {method: [metrics, ...]}, with the ensemble's
+    test NLL and ECE (%) after it; the temperature-scaled NLL and ECE too when some run has them
+    (``calibration_split`` > 0)."""
+    scaled = any(r.get("nll_ts") is not None for runs in results.values() for r in runs)
+    header = ("| method | ensemble acc. (%) | individual acc. (%) | classifier share rate (%) | "
+              "encoder share rate (%) | NLL | ECE (%) |")
+    header += " NLL (TS) | ECE (TS, %) |" if scaled else ""
+    header += " runs |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for method, runs in results.items():
         individual = [sum(r["subnetwork_accuracy"]) / len(r["subnetwork_accuracy"]) for r in runs]
-        lines.append(
+        line = (
             f"| {method} | {_mean_std([r['ensemble_accuracy'] for r in runs])} | {_mean_std(individual)} | "
             f"{_mean_std([r['classifier_share_rate'] for r in runs])} | "
-            f"{_mean_std([r['encoder_share_rate'] for r in runs])} | {len(runs)} |"
+            f"{_mean_std([r['encoder_share_rate'] for r in runs])} | "
+            f"{_mean_std([r.get('nll') for r in runs], 3)} | {_mean_std([r.get('ece') for r in runs], 2, 100.0)} |"
         )
+        if scaled:
+            line += (f" {_mean_std([r.get('nll_ts') for r in runs], 3)} |"
+                     f" {_mean_std([r.get('ece_ts') for r in runs], 2, 100.0)} |")
+        lines.append(line + f" {len(runs)} |")
     return "\n".join(lines)
 
 
@@ -181,11 +197,59 @@ def cmd_compare(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose unrecognised options name the nearest option or config key."""
+
+    def parse_args(self, args=None, namespace=None):
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(unrecognized_message(extras, self._options_of(namespace)))
+        return namespace
+
+    def _options_of(self, namespace) -> list[str]:
+        """The option strings of the command in ``namespace`` (this parser's own without one)."""
+        parser = self
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                parser = action.choices.get(getattr(namespace, action.dest, None), self)
+        return [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+
+
+def unrecognized_message(extras: list, options: list) -> str:
+    """argparse's "unrecognized arguments" line, with a hint per unknown ``--option``: the nearest option of
+    the command, or the config key it names (to pass with ``--set key=value``)."""
+    hints = []
+    for extra in extras:
+        if not extra.startswith("--"):
+            continue
+        name = extra.split("=", 1)[0]
+        key = name[2:].replace("-", "_")
+        if key in cfg.FIELDS:
+            hints.append(f"{name} is a config key: use --set {key}=VALUE")
+            continue
+        close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+        if close:
+            hints.append(f"{name}: did you mean {close[0]}?")
+            continue
+        near = cfg.nearest_key(key)
+        if near:
+            hints.append(f"{name}: did you mean the config key {near!r} (--set {near}=VALUE)?")
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    return message + ("; " + "; ".join(hints) if hints else "")
+
+
+CONFIG_KEYS_HELP = ("config keys: set them with --set KEY=VALUE, in a --config YAML file, or with the flags\n"
+                    "above. Shown: each key's default before the method preset (--method) and the dataset's\n"
+                    "defaults apply, its meaning and its valid range:")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mixshare", description=__doc__)
+    parser = _Parser(prog="mixshare", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train one method, evaluate and analyse it")
+    p = sub.add_parser("train", help="train one method, evaluate and analyse it",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"{CONFIG_KEYS_HELP}\n{cfg.describe_keys()}")
     _add_run_options(p)
     p.add_argument("--method", choices=list(cfg.ALL_PRESETS),
                    help="method preset (default: mixshare-fadeout, or mixvit for a vit-* model)")
@@ -208,7 +272,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=256, help="test images for the conditional variance")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("compare", help="several methods x seeds, printed as MixShare's Table 1")
+    p = sub.add_parser("compare", help="several methods x seeds, printed as MixShare's Table 1",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog=f"{CONFIG_KEYS_HELP}\n{cfg.describe_keys()}")
     _add_run_options(p)
     p.add_argument("--methods", nargs="+", choices=list(cfg.ALL_PRESETS),
                    help=f"default: {' '.join(DEMO_METHODS)}; for a vit-* model: {' '.join(VIT_DEMO_METHODS)}")

@@ -3,65 +3,77 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import typing
 from typing import Any, Optional
 
 import yaml
 
+
+def _key(default, meaning: str):
+    """A Config field with its meaning (``metadata["help"]``), the text ``mixshare train --help`` lists."""
+    return dataclasses.field(default=default, metadata={"help": meaning})
+
+
 @dataclasses.dataclass
 class Config:
+    """Every key of a run; each field's ``metadata["help"]`` says what it means (see :func:`describe_keys`)."""
+
     # data
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
+    dataset: str = _key("digits", "digits (embedded, no download) | cifar10 | cifar100 | synthetic")
+    data_dir: Optional[str] = _key(None, "folder holding cifar-10-batches-py / cifar-100-python")
+    calibration_split: float = _key(
+        0.0, "fraction of the training images withheld from training (stratified, drawn by seed) to fit the "
+             "temperature of the temperature-scaled nll_ts / ece_ts; 0: none withheld, no temperature scaling")
     # model
-    model: str = "wrn-28-2"
-    attribution_depth: int = 2  # ViT: the last k blocks, with source attribution (class attention)
-    drop_path: float = 0.0  # ViT: stochastic depth rate of the last block (linear in depth)
+    model: str = _key("wrn-28-2", "wrn-<depth>-<width>, preact-resnet18, vit-tiny or vit-<depth>-<dim>[-<heads>]")
+    attribution_depth: int = _key(2, "ViT: the last k blocks, with source attribution (class attention)")
+    drop_path: float = _key(0.0, "ViT: stochastic depth rate of the last block (linear in depth)")
     # method (filled by the preset named in `method`, see PRESETS below)
-    method: str = "mixshare-fadeout"
-    num_subnets: int = 2
-    mixing: str = "cut"  # none | sum | linear | cut
-    cut_prob: float = 1.0  # probability of a CutMix batch (else linear mixing)
-    cut_decay_start: float = 1.0  # fraction of training after which cut_prob decays linearly to 0
-    alpha: float = 2.0  # Dirichlet(alpha) mixing ratios (Beta(alpha, alpha) for M = 2)
-    loss_root: float = 1.0  # MixMo loss reweighting root r (1: none)
-    unmix: bool = False
-    unmix_channels: float = 1.0  # fraction of the final channels unmixed
-    unmix_normalize: str = "mean"  # how the unmixed map is pooled: mean | masked
-    fade_epochs: Optional[float] = None  # fadeout over this many epochs (None: no fadeout)
-    fade_fraction: Optional[float] = None  # ... or over this fraction of training
-    encoder_init: str = "independent"
-    input_repetition: float = 0.0
-    batch_repetition: int = 2
+    method: str = _key("mixshare-fadeout", "method preset; sets the method keys below it (see --method)")
+    num_subnets: int = _key(2, "M, the number of subnetworks (1: a single network)")
+    mixing: str = _key("cut", "how the M inputs are mixed: none | sum | linear | cut")
+    cut_prob: float = _key(1.0, "probability of a CutMix batch (else linear mixing)")
+    cut_decay_start: float = _key(1.0, "fraction of training after which cut_prob decays linearly to 0")
+    alpha: float = _key(2.0, "Dirichlet(alpha) mixing ratios (Beta(alpha, alpha) for M = 2)")
+    loss_root: float = _key(1.0, "MixMo loss reweighting root r (1: none)")
+    unmix: bool = _key(False, "MixShare unmixing: each head pools the part of the final map its input filled")
+    unmix_channels: float = _key(1.0, "fraction of the final channels unmixed")
+    unmix_normalize: str = _key("mean", "how the unmixed map is pooled: mean | masked")
+    fade_epochs: Optional[float] = _key(None, "unmixing fades out over this many epochs (None: no fadeout)")
+    fade_fraction: Optional[float] = _key(None, "... or over this fraction of training")
+    encoder_init: str = _key("independent", "initial kernels of the M encoders: independent | identical | colinear")
+    input_repetition: float = _key(0.0, "rho: fraction of each batch where every subnetwork sees the same image")
+    batch_repetition: int = _key(2, "b: times each image appears in a batch")
     # optimisation
-    epochs: int = 300
-    batch_size: int = 64
-    optimizer: str = "sgd"  # sgd (the CNN papers') | adamw (the ViT presets')
-    lr: Optional[float] = None  # default: sgd 0.1 / b * batch_size / 128, adamw 1e-3
-    momentum: float = 0.9  # sgd
-    nesterov: bool = True  # sgd
-    l2: float = 3e-4  # sgd: 3e-4 * sum of squared weights (SGD weight decay 2 * l2)
-    weight_decay: float = 0.05  # adamw: decoupled weight decay (not on biases, norms, embeddings)
-    schedule: str = "step"  # step: x lr_decay at lr_milestones | cosine: cosine decay to 0 after warmup
-    warmup_epochs: float = 1.0
-    lr_milestones: tuple = (0.25, 0.5, 0.75)  # fractions of training (75/150/225 of 300)
-    lr_decay: float = 0.1
+    epochs: int = _key(300, "training epochs")
+    batch_size: int = _key(64, "rows per batch, the b repetitions included")
+    optimizer: str = _key("sgd", "sgd (the CNN papers') | adamw (the ViT presets')")
+    lr: Optional[float] = _key(None, "learning rate (None: sgd 0.1 / b * batch_size / 128, adamw 1e-3)")
+    momentum: float = _key(0.9, "sgd momentum")
+    nesterov: bool = _key(True, "sgd: Nesterov momentum")
+    l2: float = _key(3e-4, "sgd: l2 * sum of squared weights added to the loss (SGD weight decay 2 * l2)")
+    weight_decay: float = _key(0.05, "adamw: decoupled weight decay (not on biases, norms, embeddings)")
+    schedule: str = _key("step", "step: x lr_decay at lr_milestones | cosine: cosine decay to 0 after warmup")
+    warmup_epochs: float = _key(1.0, "epochs of linear warmup (per step)")
+    lr_milestones: tuple = _key((0.25, 0.5, 0.75), "fractions of training where the step schedule decays the lr")
+    lr_decay: float = _key(0.1, "the step schedule's lr factor at each milestone")
     # evaluation
-    ensemble: str = "logits"  # logits | probs
-    eval_batch_size: int = 500
+    ensemble: str = _key("logits", "how the M predictions are combined: logits (mean logits) | probs (mean softmax)")
+    eval_batch_size: int = _key(500, "images per evaluation batch")
     # run
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = True  # bf16 autocast on GPU
-    channels_last: bool = True  # on GPU
-    compile: bool = False
-    plots: bool = True
-    progress: bool = True
-    synthetic_train: int = 2048  # sizes of the synthetic dataset
-    synthetic_test: int = 512
-    synthetic_classes: int = 100
-    synthetic_size: int = 32
+    seed: int = _key(0, "seed of the weights, batches, augmentation, mixing and calibration split")
+    device: str = _key("auto", "auto, cpu, cuda, cuda:1, ...")
+    bf16: bool = _key(True, "bf16 autocast on GPU")
+    channels_last: bool = _key(True, "channels-last memory layout on GPU")
+    compile: bool = _key(False, "torch.compile the model's core")
+    plots: bool = _key(True, "write the PNG plots at the end of the run")
+    progress: bool = _key(True, "progress bars")
+    synthetic_train: int = _key(2048, "synthetic dataset: training images")
+    synthetic_test: int = _key(512, "synthetic dataset: test images")
+    synthetic_classes: int = _key(100, "synthetic dataset: classes")
+    synthetic_size: int = _key(32, "synthetic dataset: image side (pixels)")
 
     def lr_value(self) -> float:
         if self.lr is not None:
@@ -129,14 +141,18 @@ def preset(name: str) -> dict:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+DATASETS = ("digits", "cifar10", "cifar100")  # the datasets mixshare.data loads by name
+TRAINING_DATASETS = DATASETS + ("synthetic",)  # what a run's ``dataset`` may name (see mixshare.data.load_data)
 MIXINGS = ("none", "sum", "linear", "cut")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 
 
 def choices() -> dict[str, tuple]:
-    """The valid values of each config key with a fixed set of them, from the module owning each list."""
-    from mixshare.data import TRAINING_DATASETS
+    """The valid values of each config key with a fixed set of them, from the module owning each list.
+
+    Imports torch (through the modules owning the lists); the command line's help does not call it.
+    """
     from mixshare.metrics import ENSEMBLE_MODES
     from mixshare.models import ENCODER_INITS
     from mixshare_ops.checks import NORMALIZE_MODES
@@ -187,12 +203,23 @@ def _convert(name: str, value: Any):
         raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
 
 
+def nearest_key(name: str) -> Optional[str]:
+    """The config key closest to ``name`` (difflib, dashes read as underscores), or None if none is close."""
+    name = str(name).strip().lstrip("-").replace("-", "_")
+    if name in FIELDS:
+        return name
+    close = difflib.get_close_matches(name, list(FIELDS), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def apply(config: Config, updates: dict, source: str) -> Config:
-    """A copy of ``config`` with ``updates``; unknown keys list the valid ones."""
+    """A copy of ``config`` with ``updates``; an unknown key names the nearest valid one and lists them all."""
     changes = {}
     for key, value in updates.items():
         if key not in FIELDS:
-            raise ConfigError(f"unknown config key {key!r} in {source}; valid keys: {', '.join(sorted(FIELDS))}")
+            near = nearest_key(key)
+            hint = f"; did you mean {near!r}?" if near else ";"
+            raise ConfigError(f"unknown config key {key!r} in {source}{hint} valid keys: {', '.join(sorted(FIELDS))}")
         changes[key] = _convert(key, value)
     return dataclasses.replace(config, **changes)
 
@@ -258,6 +285,7 @@ def parse_set(items) -> dict:
 
 # Valid range of each numeric value: (low, high, low included, high included); None: unbounded.
 RANGES = {
+    "calibration_split": (0, 1, True, False),
     "attribution_depth": (1, None, True, True),
     "drop_path": (0, 1, True, False),
     "num_subnets": (1, None, True, True),
@@ -285,6 +313,22 @@ RANGES = {
     "synthetic_classes": (2, None, True, True),
     "synthetic_size": (1, None, True, True),
 }
+
+
+def describe_keys(width: int = 100) -> str:
+    """Every config key with its default and meaning (the fields' ``metadata["help"]``), one block per key."""
+    import textwrap
+
+    lines = []
+    for f in dataclasses.fields(Config):
+        default = list(f.default) if isinstance(f.default, tuple) else f.default
+        head = f"  {f.name} = {default!r}" if not isinstance(default, str) else f"  {f.name} = {default}"
+        lines.append(head)
+        meaning = f.metadata.get("help", "")
+        if f.name in RANGES:
+            meaning += f" [{_range_text(*RANGES[f.name])}]"
+        lines.extend(textwrap.wrap(meaning, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6))
+    return "\n".join(lines)
 
 
 def _range_text(low, high, low_in, high_in) -> str:

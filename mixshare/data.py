@@ -28,6 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# The dataset names live in mixshare.config, which the command line reads without importing torch.
+from mixshare.config import DATASETS, TRAINING_DATASETS
+
 __all__ = [
     "DATASETS",
     "TRAINING_DATASETS",
@@ -41,6 +44,7 @@ __all__ = [
     "load_data",
     "load_dataset",
     "load_digits",
+    "hold_out",
     "mimo_batches",
     "mimo_epoch_indices",
     "safe_pickle_load",
@@ -48,8 +52,6 @@ __all__ = [
     "synthetic_dataset",
 ]
 
-DATASETS = ("digits", "cifar10", "cifar100")
-TRAINING_DATASETS = DATASETS + ("synthetic",)  # what a run's ``dataset`` may name (see :func:`load_data`)
 
 PathLike = Union[str, Path]
 DeviceLike = Union[str, torch.device]
@@ -80,16 +82,21 @@ class ImageDataset:
     name: str
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    # Training images withheld from training to fit a temperature (see :func:`hold_out`); None: none withheld.
+    calibration_images: Optional[torch.Tensor] = None
+    calibration_labels: Optional[torch.Tensor] = None
 
     def to(self, device: DeviceLike, non_blocking: bool = False) -> "ImageDataset":
-        """A copy with the four tensors on ``device`` (the same object's tensors if already there)."""
-        move = lambda t: t.to(device, non_blocking=non_blocking)  # noqa: E731
+        """A copy with the tensors on ``device`` (the same object's tensors if already there)."""
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return dataclasses.replace(
             self,
             train_images=move(self.train_images),
             train_labels=move(self.train_labels),
             test_images=move(self.test_images),
             test_labels=move(self.test_labels),
+            calibration_images=move(self.calibration_images),
+            calibration_labels=move(self.calibration_labels),
         )
 
     @property
@@ -423,13 +430,54 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None) -> ImageDataset
 
 
 def load_data(config) -> ImageDataset:
-    """The dataset a run's config names (``dataset``, ``data_dir``, the ``synthetic_*`` sizes, ``seed``)."""
+    """The dataset a run's config names (``dataset``, ``data_dir``, the ``synthetic_*`` sizes, ``seed``),
+    with ``config.calibration_split`` of its training images withheld by :func:`hold_out` when it is > 0."""
     if config.dataset == "synthetic":
-        return synthetic_dataset(
+        dataset = synthetic_dataset(
             config.synthetic_train, config.synthetic_test, config.synthetic_classes, size=config.synthetic_size,
             seed=config.seed,
         )
-    return load_dataset(config.dataset, config.data_dir)
+    else:
+        dataset = load_dataset(config.dataset, config.data_dir)
+    fraction = getattr(config, "calibration_split", 0.0)
+    return hold_out(dataset, fraction, config.seed) if fraction else dataset
+
+
+#: Offset of the calibration split's generator from the run's seed (the loader uses seed + 1 and seed + 2,
+#: the mixing plans seed + 3).
+CALIBRATION_SEED_OFFSET = 5
+
+
+def hold_out(dataset: ImageDataset, fraction: float, seed: int = 0) -> ImageDataset:
+    """``dataset`` with ``fraction`` of its training images moved to ``calibration_images`` / ``_labels``.
+
+    Stratified: from each class, ``round(fraction * count)`` images, picked by a permutation drawn on
+    a CPU generator seeded with ``seed + CALIBRATION_SEED_OFFSET`` (no global random state is used).
+    Both parts keep the dataset's order. The normalisation (``mean``, ``std``) stays that of the whole
+    training split (pixel statistics, no labels). Raises ValueError unless both parts are non-empty.
+    """
+    if not 0.0 < float(fraction) < 1.0:
+        raise ValueError(f"calibration_split must lie in (0, 1) to withhold images, got {fraction}")
+    labels = dataset.train_labels.cpu()
+    gen = torch.Generator().manual_seed(int(seed) + CALIBRATION_SEED_OFFSET)
+    order = torch.randperm(labels.shape[0], generator=gen)
+    held = torch.zeros(labels.shape[0], dtype=torch.bool)
+    for c in torch.unique(labels).tolist():
+        members = order[labels[order] == c]
+        held[members[: int(round(float(fraction) * members.numel()))]] = True
+    kept = int((~held).sum())
+    if not held.any() or kept == 0:
+        raise ValueError(
+            f"calibration_split {fraction} of {labels.shape[0]} training images withholds {int(held.sum())} and "
+            f"keeps {kept}; both must be at least 1")
+    held = held.to(dataset.train_labels.device)
+    return dataclasses.replace(
+        dataset,
+        train_images=dataset.train_images[~held],
+        train_labels=dataset.train_labels[~held],
+        calibration_images=dataset.train_images[held],
+        calibration_labels=dataset.train_labels[held],
+    )
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -1,4 +1,4 @@
-"""Run files: atomic writes, checkpoints, the history CSV and output folders.
+"""Run files: atomic writes, checkpoints, the history CSV, TensorBoard scalars and output folders.
 
 Every file is written through a temporary ``<name>.tmp<pid>`` in the same
 folder and a rename, so a reader never sees half a file; temporaries left by a
@@ -16,11 +16,13 @@ import io
 import os
 import re
 import shutil
-from typing import Iterator
+import warnings
+from typing import Iterator, Optional
 
 import torch
 
 CHECKPOINT = "checkpoint.pt"
+TENSORBOARD = "tensorboard"  # the run folder's TensorBoard log folder (see ScalarLog)
 CHECKPOINT_KEYS = ("config", "model", "num_classes")
 _TEMPORARY = re.compile(r"\.tmp(\d+)$")
 
@@ -82,13 +84,68 @@ def load_weights(model: torch.nn.Module, weights, path: str) -> None:
 
 
 def write_history(path: str, rows: list[dict]) -> None:
+    """The rows as CSV; the columns are every key of the rows in order of first appearance (a row without
+    one of them, e.g. from a checkpoint written before a column existed, leaves its cell empty)."""
     if not rows:
         return
+    fieldnames = list(dict.fromkeys(key for row in rows for key in row))
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(rows[0].keys()))
+    writer = csv.DictWriter(out, fieldnames=fieldnames, restval="")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, out.getvalue())
+
+
+class ScalarLog:
+    """TensorBoard scalars of the history rows, in ``<run folder>/tensorboard`` (one writer per run).
+
+    Each :meth:`write` logs every numeric column of a history row but ``epoch``
+    under its history.csv name, at step ``epoch``. The writer
+    (``torch.utils.tensorboard.SummaryWriter``) opens at the first write, so a
+    run that fails before its first epoch leaves no folder behind. Without the
+    ``tensorboard`` package nothing is written (history.csv holds the same
+    numbers). ``purge_step``: a resumed run's first epoch; events of that step
+    and later from before the resume are discarded by TensorBoard.
+    """
+
+    def __init__(self, run_folder: str, purge_step: Optional[int] = None):
+        self.folder = os.path.join(run_folder, TENSORBOARD)
+        self.purge_step = purge_step
+        self._writer = None
+        self._unavailable = False
+
+    def _open(self):
+        if self._writer is None and not self._unavailable:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # no tensorboard package: history.csv only
+                self._unavailable = True
+                return None
+            except Exception as error:  # noqa: BLE001 - a broken install must not stop training
+                warnings.warn(f"TensorBoard unavailable ({type(error).__name__}: {error}); writing history.csv only")
+                self._unavailable = True
+                return None
+            self._writer = SummaryWriter(log_dir=self.folder, purge_step=self.purge_step)
+        return self._writer
+
+    @property
+    def available(self) -> bool:
+        return self._open() is not None
+
+    def write(self, row: dict, step_key: str = "epoch") -> None:
+        writer = self._open()
+        if writer is None:
+            return
+        step = int(row[step_key])
+        for key, value in row.items():
+            if key != step_key and isinstance(value, (int, float)) and not isinstance(value, bool):
+                writer.add_scalar(key, float(value), step)
+        writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
 
 def _alive(pid: int) -> bool:

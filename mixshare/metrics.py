@@ -26,6 +26,13 @@ Conventions:
   :func:`kl_diversity` and :func:`ratio_of_errors` are 0.0 (the subnetwork
   paired with itself).
 
+Temperature scaling (Guo et al., 2017): every logit is divided by one scalar
+``T`` before the ensemble is formed (:func:`ensemble_probs`'s ``temperature``);
+:func:`fit_temperature` picks the ``T`` of lowest NLL on held-out logits, and
+:func:`calibrated_metrics` reports NLL, ECE and Brier at that ``T``.
+:func:`reliability_bins` gives the per-bin accuracy and confidence behind
+:func:`ece` (a reliability diagram's bars).
+
 For finite logits no metric here returns nan, so :func:`evaluate_logits`'s
 dict is strict-JSON safe (``json.dumps(..., allow_nan=False)`` works).
 """
@@ -33,6 +40,7 @@ dict is strict-JSON safe (``json.dumps(..., allow_nan=False)`` works).
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +51,13 @@ __all__ = [
     "accuracy",
     "subnetwork_accuracy",
     "nll",
+    "subnetwork_nll",
     "brier",
     "brier_official",
     "ece",
+    "reliability_bins",
+    "fit_temperature",
+    "calibrated_metrics",
     "disagreement",
     "kl_diversity",
     "ratio_of_errors",
@@ -103,16 +115,27 @@ def _labels_on(labels: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- ensemble
 
 
-def ensemble_probs(logits: torch.Tensor, mode: str = "logits") -> torch.Tensor:
+def _check_temperature(temperature) -> float:
+    t = float(temperature)
+    if not (math.isfinite(t) and t > 0):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    return t
+
+
+def ensemble_probs(logits: torch.Tensor, mode: str = "logits", temperature: float = 1.0) -> torch.Tensor:
     """The ensemble's predictive distribution, ``[M, N, K]`` -> ``[N, K]`` (float64).
 
     mode ``"logits"``: softmax of the mean of the M logits (MixMo's rule);
     mode ``"probs"``: mean of the M softmaxes (MIMO's rule, a Deep-Ensemble average).
+    ``temperature``: every logit is divided by it first (1: unchanged).
     """
     _check_logits(logits)
     if mode not in ENSEMBLE_MODES:
         raise ValueError(f"unknown ensemble mode {mode!r}; valid modes: {', '.join(map(repr, ENSEMBLE_MODES))}")
+    t = _check_temperature(temperature)
     z = logits.detach().double()
+    if t != 1.0:
+        z = z / t
     if mode == "logits":
         return torch.softmax(z.mean(0), dim=-1)
     return torch.softmax(z, dim=-1).mean(0)
@@ -157,6 +180,19 @@ def nll(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return -p_true.clamp_min(PROB_EPS).log().mean().item()
 
 
+def subnetwork_nll(logits: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """Mean NLL (nats) of each subnetwork's own softmax: ``logits [M, N, K]`` -> list of M floats.
+
+    Computed from log-softmaxes (exact for any finite logit; no clamping).
+    """
+    _check_logits(logits)
+    _, n, k = logits.shape
+    _check_labels(labels, n, k)
+    logp = torch.log_softmax(logits.detach().double(), dim=-1)  # [M, N, K]
+    index = _labels_on(labels, logp).view(1, n, 1).expand(logp.shape[0], n, 1)
+    return (-logp.gather(2, index).squeeze(2).mean(1)).tolist()
+
+
 def brier(probs: torch.Tensor, labels: torch.Tensor) -> float:
     """Brier score of ``probs [N, K]``: ``mean_n sum_k (p_nk - onehot(y_n)_k)^2``.
 
@@ -195,6 +231,13 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
 
     with accuracy as a fraction; empty bins contribute nothing.
     """
+    _, conf_sum, correct_sum = _bin_sums(probs, labels, n_bins)
+    # sum_b |B_b|/N * |acc_b - conf_b| = sum_b |correct_sum_b - conf_sum_b| / N
+    return ((correct_sum - conf_sum).abs().sum() / probs.shape[0]).item()
+
+
+def _bin_sums(probs: torch.Tensor, labels: torch.Tensor, n_bins: int):
+    """Per confidence bin (equal width, right-closed, as :func:`ece`): count, sum of confidences, sum of hits."""
     _check_probs(probs)
     n, k = probs.shape
     _check_labels(labels, n, k)
@@ -209,8 +252,99 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
     count = torch.zeros(n_bins, dtype=torch.float64, device=p.device).index_add_(0, bins, torch.ones_like(conf))
     conf_sum = torch.zeros_like(count).index_add_(0, bins, conf)
     correct_sum = torch.zeros_like(count).index_add_(0, bins, correct)
-    # sum_b |B_b|/N * |acc_b - conf_b| = sum_b |correct_sum_b - conf_sum_b| / N
-    return ((correct_sum - conf_sum).abs().sum() / n).item()
+    return count, conf_sum, correct_sum
+
+
+def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> dict:
+    """The bins of :func:`ece` for a reliability diagram: lists of ``n_bins`` plain floats.
+
+    ``edges`` (``n_bins + 1`` values from 0 to 1), ``count`` (samples per bin),
+    ``accuracy`` and ``confidence`` (fractions: the bin's hit rate and mean
+    confidence; nan for an empty bin) and ``ece`` (:func:`ece` of the same bins).
+    """
+    count, conf_sum, correct_sum = _bin_sums(probs, labels, n_bins)
+    nan = torch.full_like(count, float("nan"))
+    filled = count > 0
+    return {
+        "edges": torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64).tolist(),
+        "count": count.tolist(),
+        "accuracy": torch.where(filled, correct_sum / count.clamp_min(1), nan).tolist(),
+        "confidence": torch.where(filled, conf_sum / count.clamp_min(1), nan).tolist(),
+        "ece": ((correct_sum - conf_sum).abs().sum() / probs.shape[0]).item(),
+    }
+
+
+#: The temperatures :func:`fit_temperature` searches, as (lowest, highest).
+TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def _log_likelihood_fn(logits: torch.Tensor, labels: torch.Tensor, mode: str):
+    """``log T -> mean NLL`` of the ensemble at temperature T, in the log domain (no clamping)."""
+    z = logits.detach().double()
+    m, n, _ = z.shape
+    y = _labels_on(labels, z)
+    if mode == "logits":
+        mean = z.mean(0)
+        target = mean.gather(1, y.unsqueeze(1)).squeeze(1)
+
+        def value(log_t: float) -> float:
+            scale = math.exp(-log_t)
+            return (torch.logsumexp(mean * scale, dim=1) - target * scale).mean().item()
+    else:
+        target = z.gather(2, y.view(1, n, 1).expand(m, n, 1)).squeeze(2)  # [M, N]
+
+        def value(log_t: float) -> float:
+            scale = math.exp(-log_t)
+            logp = target * scale - torch.logsumexp(z * scale, dim=2)  # [M, N]: log p_i(y)
+            return -(torch.logsumexp(logp, dim=0) - math.log(m)).mean().item()
+    return value
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = "logits",
+                    iterations: int = 50) -> float:
+    """The temperature ``T`` of lowest ensemble NLL on ``logits [M, N, K]`` (held-out data, never the test set).
+
+    Temperature scaling (Guo et al., 2017) as the MixMo code and torch-uncertainty
+    apply it: one scalar dividing every logit, the ensemble formed by ``ensemble``
+    as in :func:`ensemble_probs`, fitted by NLL. The search is on ``log T`` over
+    :data:`TEMPERATURE_RANGE`: a grid of 61 points, then golden-section search
+    between the best point's neighbours (``iterations`` steps), so it is
+    deterministic and needs no gradients. For ``ensemble="logits"`` the NLL is
+    convex in ``1 / T``, so this finds the global minimum within the range.
+    """
+    _check_logits(logits)
+    _, n, k = logits.shape
+    _check_labels(labels, n, k)
+    if ensemble not in ENSEMBLE_MODES:
+        raise ValueError(f"unknown ensemble mode {ensemble!r}; valid modes: {', '.join(map(repr, ENSEMBLE_MODES))}")
+    f = _log_likelihood_fn(logits, labels, ensemble)
+    lo, hi = math.log(TEMPERATURE_RANGE[0]), math.log(TEMPERATURE_RANGE[1])
+    grid = [lo + (hi - lo) * i / 60 for i in range(61)]
+    values = [f(x) for x in grid]
+    best = min(range(len(grid)), key=lambda i: (values[i], abs(grid[i])))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = f(c), f(d)
+    for _ in range(iterations):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = f(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = f(d)
+    candidates = [(values[best], grid[best]), (fc, c), (fd, d)]
+    return math.exp(min(candidates)[1])
+
+
+def calibrated_metrics(logits: torch.Tensor, labels: torch.Tensor, temperature: float,
+                       ensemble: str = "logits") -> dict:
+    """``nll_ts``, ``ece_ts`` and ``brier_ts``: :func:`nll`, :func:`ece` and :func:`brier` of the
+    ensemble at ``temperature`` (as fitted by :func:`fit_temperature` on held-out data)."""
+    probs = ensemble_probs(logits, ensemble, temperature)
+    return {"nll_ts": nll(probs, labels), "ece_ts": ece(probs, labels), "brier_ts": brier(probs, labels)}
 
 
 # --------------------------------------------------------------------------- diversity
@@ -295,7 +429,8 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = 
 
     * ``ensemble_accuracy`` (%), ``subnetwork_accuracy`` (list of M %),
       ``mean_subnetwork_accuracy`` (%, the papers' "individual accuracy"),
-    * ``nll`` (nats), ``ece`` (fraction), ``brier`` (sum over classes),
+    * ``nll`` (nats), ``subnetwork_nll`` (list of M, nats, each subnetwork's own softmax),
+      ``ece`` (fraction), ``brier`` (sum over classes),
       ``brier_official`` (``brier / K``, the official MixMo code's Brier),
     * ``disagreement`` (%), ``kl_diversity`` (nats), ``ratio_of_errors``
       (official MixMo convention; all three 0.0 for M = 1).
@@ -313,6 +448,7 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = 
         "subnetwork_accuracy": sub_acc,
         "mean_subnetwork_accuracy": sum(sub_acc) / len(sub_acc),
         "nll": nll(probs, labels),
+        "subnetwork_nll": subnetwork_nll(logits, labels),
         "ece": ece(probs, labels),
         "brier": brier_score,
         "brier_official": brier_score / k,

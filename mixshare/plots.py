@@ -1,4 +1,4 @@
-"""Figures for MIMO analyses: feature profiles, conditional variances, training curves.
+"""Figures for MIMO analyses: feature profiles, conditional variances, training curves, reliability.
 
 Each function draws one figure with matplotlib's Agg canvas (no display, and
 no change to pyplot's global backend), writes it as a PNG to ``path``
@@ -20,7 +20,8 @@ from matplotlib.ticker import NullFormatter
 
 from mixshare.analysis import normalized_share_rate, share_rate
 
-__all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves"]
+__all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves", "plot_reliability",
+           "run_label", "CONDITIONAL_VARIANCE_NOTE"]
 
 _SUBNET_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 _OVERLAP_COLOR = "tab:orange"
@@ -51,6 +52,14 @@ def _save(fig: Figure, path):
 
 def _color(i: int) -> str:
     return _SUBNET_COLORS[i % len(_SUBNET_COLORS)]
+
+
+def run_label(method: Optional[str], seed: Optional[int]) -> Optional[str]:
+    """``"<method>, seed <seed>"``, the prefix of a run's plot titles (None when neither is known)."""
+    parts = [str(method)] if method else []
+    if seed is not None:
+        parts.append(f"seed {seed}")
+    return ", ".join(parts) or None
 
 
 # --------------------------------------------------------------------------- feature profiles
@@ -122,12 +131,20 @@ def _set_scale(ax, axis: str, values: np.ndarray) -> None:
             (ax.set_xlim if axis == "x" else ax.set_ylim)(0, None)
 
 
+CONDITIONAL_VARIANCE_NOTE = (
+    "Each point is one channel: x = how much it varies when only input 0 changes, y = when only input 1 "
+    "changes (the other input held fixed).\nPoints along an axis respond to one input only (features private "
+    "to one subnetwork); points near the dashed diagonal respond to both (features shared by the subnetworks)."
+)
+
+
 def plot_conditional_variance(
     variances: Sequence,
     path,
     title: Optional[str] = None,
     stage_names: Optional[Sequence[str]] = None,
     channel_groups: Optional[Sequence[int]] = None,
+    note: Optional[str] = CONDITIONAL_VARIANCE_NOTE,
 ):
     """One scatter panel per stage: each channel's variance w.r.t. input 0 (x) vs input 1 (y).
 
@@ -139,6 +156,8 @@ def plot_conditional_variance(
     Needs M >= 2. ``stage_names``: panel titles (default "stage s");
     ``channel_groups``: per stage, G > 1 splits the C_s channels into G equal
     consecutive groups coloured apart (a ViT's class tokens, one per subnetwork).
+    ``note``: the subtitle under ``title`` that says how to read the panels
+    (:data:`CONDITIONAL_VARIANCE_NOTE`; None: none).
     """
     stages = [_to_numpy(v) for v in variances]
     if not stages:
@@ -156,7 +175,9 @@ def plot_conditional_variance(
                 raise ValueError(f"stage {s}: {v.shape[1]} channels cannot be split into {g} equal groups")
 
     n = len(stages)
-    fig = Figure(figsize=(3.6 * n, 3.8), dpi=100)
+    width = max(3.6 * n, 8.0 if note else 0.0)
+    header = (0.35 if title else 0.0) + (0.45 if note else 0.0)
+    fig = Figure(figsize=(width, 3.8 + header), dpi=100)
     for s, v in enumerate(stages):
         ax = fig.add_subplot(1, n, s + 1)
         x, y = v[0], v[1]
@@ -182,9 +203,16 @@ def plot_conditional_variance(
             ax.set_ylabel("variance w.r.t. input 1")
         name = stage_names[s] if stage_names is not None else f"stage {s + 1}"
         ax.set_title(f"{name} ({v.shape[1]} channels)", fontsize="small" if stage_names else "medium")
+    height = fig.get_figheight()
+    top = 1.0
     if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+        fig.suptitle(title, y=1.0 - 0.05 / height, va="top")
+        top -= 0.35 / height
+    if note:
+        fig.text(0.5, top - 0.05 / height, note, ha="center", va="top", fontsize="x-small", color="dimgray",
+                 wrap=True)
+        top -= 0.45 / height
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
     return _save(fig, path)
 
 
@@ -205,12 +233,25 @@ def _series(history: Sequence[dict], key: str):
     return xs, ys
 
 
+_CURVE_COLORS = ("tab:gray", "black")  # training, test (the ensemble); subnetworks take _color(i)
+
+
+def _subnet_keys(rows: Sequence[dict], prefix: str) -> list[str]:
+    """``<prefix>_sub<i>`` keys present in the rows, by subnetwork index."""
+    found = {key for row in rows for key in row if key.startswith(prefix + "_sub") and key[len(prefix) + 4:].isdigit()}
+    return sorted(found, key=lambda key: int(key[len(prefix) + 4:]))
+
+
 def plot_training_curves(history: Sequence[dict], path, title: Optional[str] = None):
-    """Loss and accuracy against epoch (plus a learning-rate panel when rows have ``lr``).
+    """Loss, test NLL and accuracy against epoch (plus a learning-rate panel when rows have ``lr``).
 
     ``history``: rows (dicts) with at least ``epoch``, ``train_loss`` and
-    ``train_accuracy``; optional ``test_accuracy``, ``test_loss`` and ``lr``
-    may be missing or None in some rows (e.g. evaluated every few epochs).
+    ``train_accuracy``; optional keys may be missing or None in some rows (e.g.
+    evaluated every few epochs): ``test_loss`` (drawn with the training loss),
+    ``test_nll`` (the ensemble's test NLL) and ``test_nll_sub<i>`` (subnetwork
+    i's) in a test-NLL panel, ``test_accuracy`` (the ensemble's) and
+    ``test_accuracy_sub<i>`` with the training accuracy, and ``lr``.
+    Subnetworks are drawn dashed, one colour each.
     """
     rows = list(history)
     if not rows:
@@ -220,25 +261,89 @@ def plot_training_curves(history: Sequence[dict], path, title: Optional[str] = N
         if missing:
             raise ValueError(f"history row {i} lacks {', '.join(missing)}")
 
-    panels = [("loss", ("train_loss", "test_loss")), ("accuracy (%)", ("train_accuracy", "test_accuracy"))]
-    has_lr = any(row.get("lr") is not None for row in rows)
-    if has_lr:
-        panels.append(("learning rate", ("lr",)))
+    panels = [("loss", ("train_loss", "test_loss"), ())]
+    nll_subnets = _subnet_keys(rows, "test_nll")
+    if any(row.get("test_nll") is not None for row in rows) or nll_subnets:
+        panels.append(("test NLL (nats)", ("test_nll",), nll_subnets))
+    panels.append(("accuracy (%)", ("train_accuracy", "test_accuracy"), _subnet_keys(rows, "test_accuracy")))
+    if any(row.get("lr") is not None for row in rows):
+        panels.append(("learning rate", ("lr",), ()))
 
-    fig = Figure(figsize=(4.2 * len(panels), 3.6), dpi=100)
-    for p, (ylabel, keys) in enumerate(panels):
+    fig = Figure(figsize=(4.2 * len(panels), 3.6 + (0.3 if title else 0.0)), dpi=100)
+    for p, (ylabel, keys, subnet_keys) in enumerate(panels):
         ax = fig.add_subplot(1, len(panels), p + 1)
-        for key, color in zip(keys, ("tab:blue", "tab:orange")):
+        lines = [(key, color, "-", key.replace("_", " ")) for key, color in zip(keys, _CURVE_COLORS)]
+        lines += [(key, _color(i), "--", f"subnetwork {key.rsplit('_sub', 1)[1]}") for i, key in enumerate(subnet_keys)]
+        if keys == ("test_nll",):
+            lines[0] = ("test_nll", "black", "-", "ensemble")
+        for key, color, style, label in lines:
             xs, ys = _series(rows, key)
             if xs:
-                ax.plot(xs, ys, color=color, marker="o" if len(xs) < 30 else None, markersize=3,
-                        linewidth=1.2, label=key.replace("_", " "))
+                ax.plot(xs, ys, color=color, linestyle=style, marker="o" if len(xs) < 30 else None, markersize=3,
+                        linewidth=1.2, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0] and len(keys) > 1:
+        if len(ax.get_legend_handles_labels()[0]) > 1:
             ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- reliability
+
+
+def plot_reliability(bins: dict, path, title: Optional[str] = None, scaled: Optional[dict] = None,
+                     temperature: Optional[float] = None, nll: Optional[float] = None,
+                     scaled_nll: Optional[float] = None):
+    """Reliability diagram: accuracy against confidence per bin, with the confidence histogram below.
+
+    ``bins``: :func:`mixshare.metrics.reliability_bins` of the test predictions;
+    ``scaled``: the same after temperature scaling (drawn beside it, with
+    ``temperature`` in its legend). A perfectly calibrated model's bars reach
+    the dashed diagonal; bars below it are over-confident, above it
+    under-confident. The legends give each curve's ECE (%) and, when given,
+    its NLL.
+    """
+    sets = [("raw", bins, "tab:blue", nll)]
+    if scaled is not None:
+        name = f"temperature-scaled (T = {temperature:.3g})" if temperature is not None else "temperature-scaled"
+        sets.append((name, scaled, "tab:orange", scaled_nll))
+    for name, b, _, _ in sets:
+        if not all(k in b for k in ("edges", "count", "accuracy", "confidence", "ece")):
+            raise ValueError(f"{name} bins need edges, count, accuracy, confidence and ece")
+    edges = _to_numpy(bins["edges"])
+    n_bins = edges.size - 1
+    width = (edges[1:] - edges[:-1]) / len(sets)
+
+    fig = Figure(figsize=(5.2, 6.0), dpi=100)
+    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax = fig.add_subplot(grid[0])
+    hist = fig.add_subplot(grid[1], sharex=ax)
+    for s, (name, b, color, nll_value) in enumerate(sets):
+        accuracy = _to_numpy(b["accuracy"])
+        confidence = _to_numpy(b["confidence"])
+        count = _to_numpy(b["count"])
+        left = edges[:-1] + s * width
+        filled = count > 0
+        label = f"{name}: ECE {100 * float(b['ece']):.2f}%"
+        if nll_value is not None:
+            label += f", NLL {nll_value:.3f}"
+        ax.bar(left[filled], accuracy[filled], width=width[filled], align="edge", color=color, alpha=0.75,
+               edgecolor="white", linewidth=0.5, label=label)
+        ax.scatter(confidence[filled], accuracy[filled], s=8, color=color, edgecolors="black", linewidths=0.3,
+                   zorder=3)
+        hist.bar(left, count / max(count.sum(), 1.0), width=width, align="edge", color=color, alpha=0.75)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="gray", linewidth=1.0, label="perfect calibration")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("accuracy")
+    ax.legend(loc="upper left", fontsize="small")
+    ax.tick_params(labelbottom=False)
+    hist.set_xlabel(f"confidence (max probability, {n_bins} bins)")
+    hist.set_ylabel("fraction")
+    ax.set_title(title or "reliability diagram", fontsize="medium")
+    fig.subplots_adjust(left=0.14, right=0.97, top=0.93, bottom=0.09)
     return _save(fig, path)

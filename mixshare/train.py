@@ -7,14 +7,16 @@ its :class:`~mixshare.methods.MixPlan`; :func:`training_step` runs the model
 weighted loss, backward and the optimiser step, with no host sync.
 
 ``train(config, out_dir)`` writes ``checkpoint.pt`` (each epoch, atomically),
-``history.csv``, ``metrics.json`` and the plots. ``resume=True`` continues from
-the checkpoint; on CPU the resumed run ends with the same weights as an
-uninterrupted one. Under ``torchrun`` it trains with DistributedDataParallel
-(NCCL on GPU, gloo on CPU); rank 0 writes the files.
+``history.csv`` (and the same scalars under ``tensorboard/`` when the
+``tensorboard`` package is installed), ``metrics.json`` and the plots.
+``resume=True`` continues from the checkpoint; on CPU the resumed run ends
+with the same weights as an uninterrupted one. Under ``torchrun`` it trains
+with DistributedDataParallel (NCCL on GPU, gloo on CPU); rank 0 writes the files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -29,8 +31,8 @@ import torch.nn.functional as F
 import mixshare_ops
 from mixshare import data, methods
 from mixshare.config import Config, validate
-from mixshare.evaluate import evaluate_model, final_report
-from mixshare.files import CHECKPOINT, atomic_write_text, load_checkpoint, load_weights, \
+from mixshare.evaluate import evaluate_model, final_report, history_metrics
+from mixshare.files import CHECKPOINT, ScalarLog, atomic_write_text, load_checkpoint, load_weights, \
     output_folder, save_checkpoint, write_history
 from mixshare.loader import MimoLoader
 from mixshare.methods import MixPlan
@@ -46,11 +48,14 @@ class TrainingDiverged(RuntimeError):
 # ----------------------------------------------------------------- a step
 
 
-def mimo_loss(logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def mimo_loss(logits: torch.Tensor, labels: torch.Tensor, weights) -> torch.Tensor:
     """Sum over subnetworks of the per-sample-weighted cross-entropy.
 
-    logits [M, R, K], labels [M, R], weights [R, M] -> scalar.
+    logits [M, R, K], labels [M, R], weights [R, M] or a :class:`~mixshare.methods.MixPlan`
+    (its ``loss_weights``: MixMo's reweighting with root r, or the plain mixing ratios) -> scalar.
     """
+    if isinstance(weights, MixPlan):
+        weights = weights.loss_weights
     m, r, k = logits.shape
     ce = F.cross_entropy(logits.reshape(m * r, k).float(), labels.reshape(m * r), reduction="none").view(m, r)
     return (ce * weights.t()).mean(dim=1).sum()
@@ -74,7 +79,7 @@ def training_step(
     with mixshare_ops.value_checks(False):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
             logits = model(images, plan)
-        loss = mimo_loss(logits, labels, plan.loss_weights)
+        loss = mimo_loss(logits, labels, plan)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
     optimizer.step()
@@ -92,11 +97,11 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
     anything leaves no output folder behind (see :func:`mixshare.files.output_folder`).
     """
     validate(config)
-    with output_folder(out_dir):
-        return _train(config, out_dir, resume, stop_after_epoch)
+    with output_folder(out_dir), contextlib.closing(ScalarLog(out_dir)) as scalars:
+        return _train(config, out_dir, resume, stop_after_epoch, scalars)
 
 
-def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optional[int]) -> dict:
+def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optional[int], scalars: ScalarLog) -> dict:
     ddp, device = setup_distributed(resolve_device(config.device))
     on_gpu = device.type == "cuda"
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
@@ -141,6 +146,7 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
         history = list(state["history"])
         start_epoch = int(state["epoch"])
 
+    scalars.purge_step = start_epoch + 1 if start_epoch else None  # a resumed run replaces later events
     for epoch in range(start_epoch, config.epochs):
         net.train()
         started = time.perf_counter()
@@ -173,8 +179,7 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
             "lr": optimizer.param_groups[0]["lr"],
             "train_loss": train_loss,
             "train_accuracy": 100.0 * correct_total / max(seen_total, 1),
-            "test_accuracy": test["ensemble_accuracy"],
-            "test_nll": test["nll"],
+            **history_metrics(test),
             "seconds": time.perf_counter() - started,
         }
         history.append(row)
@@ -196,6 +201,7 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
                 },
             )
             write_history(os.path.join(out_dir, "history.csv"), history)
+            scalars.write(row)
         if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
             return {}
 

@@ -91,3 +91,43 @@ def test_final_report_keeps_the_last_epoch_and_adds_the_best_test_epoch():
     assert report["classifier_share_rate_normalized"] == pytest.approx(100.0)
     assert report["encoder_share_rate_normalized"] == pytest.approx(100.0)
     json.dumps(report, allow_nan=False)
+
+
+def test_final_report_fits_the_temperature_on_the_withheld_images_only():
+    gen = torch.Generator().manual_seed(0)
+    logits = 4.0 * torch.randn(2, 40, 3, generator=gen)
+    labels = torch.randint(0, 3, (40,), generator=gen)
+    images = torch.arange(40.0).view(40, 1, 1, 1).expand(40, 3, 2, 2).contiguous()  # pixel value = sample index
+    test, held = torch.arange(0, 20), torch.arange(20, 40)
+    dataset = types.SimpleNamespace(test_images=images[test], test_labels=labels[test],
+                                    calibration_images=images[held], calibration_labels=labels[held])
+    config = apply(Config(), {"plots": False, "bf16": False, "eval_batch_size": 7, "calibration_split": 0.5}, "test")
+    report = evaluate.final_report(FixedLogits(logits), dataset, config, [], out_dir=None)
+
+    temperature = metrics.fit_temperature(logits[:, held], labels[held], config.ensemble)
+    assert report["temperature"] == pytest.approx(temperature)
+    assert temperature != pytest.approx(metrics.fit_temperature(logits[:, test], labels[test]))  # not the test set
+    expected = metrics.calibrated_metrics(logits[:, test], labels[test], temperature, config.ensemble)
+    for key in ("nll_ts", "ece_ts", "brier_ts"):
+        assert report[key] == pytest.approx(expected[key]), key
+    assert report["calibration_images"] == 20 and report["calibration_split"] == 0.5
+    assert report["nll"] == pytest.approx(metrics.evaluate_logits(logits[:, test], labels[test])["nll"])
+    json.dumps(report, allow_nan=False)
+
+
+def test_final_report_without_withheld_images_has_no_temperature():
+    logits = torch.randn(2, 4, 3)
+    images = torch.arange(4.0).view(4, 1, 1, 1).expand(4, 3, 2, 2).contiguous()
+    dataset = types.SimpleNamespace(test_images=images, test_labels=torch.tensor([0, 1, 2, 0]))
+    config = apply(Config(), {"plots": False, "bf16": False}, "test")
+    report = evaluate.final_report(FixedLogits(logits), dataset, config, [], out_dir=None)
+    assert report["calibration_split"] == 0.0
+    assert all(report[k] is None for k in ("temperature", "calibration_images", "nll_ts", "ece_ts", "brier_ts"))
+
+
+def test_history_metrics_columns():
+    test = metrics.evaluate_logits(torch.randn(3, 5, 4), torch.tensor([0, 1, 2, 3, 0]))
+    row = evaluate.history_metrics(test)
+    assert list(row) == ["test_accuracy", "test_nll", "test_accuracy_sub0", "test_accuracy_sub1", "test_accuracy_sub2",
+                         "test_nll_sub0", "test_nll_sub1", "test_nll_sub2"]
+    assert row["test_nll_sub1"] == test["subnetwork_nll"][1] and row["test_accuracy"] == test["ensemble_accuracy"]

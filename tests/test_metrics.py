@@ -229,8 +229,8 @@ def test_ratio_of_errors_single_subnetwork_is_zero():
 def test_evaluate_logits_keys_values_and_json():
     result = metrics.evaluate_logits(LOGITS, LABELS)
     assert set(result) == {
-        "ensemble_accuracy", "subnetwork_accuracy", "mean_subnetwork_accuracy", "nll", "ece", "brier",
-        "brier_official", "disagreement", "kl_diversity", "ratio_of_errors",
+        "ensemble_accuracy", "subnetwork_accuracy", "mean_subnetwork_accuracy", "nll", "subnetwork_nll", "ece",
+        "brier", "brier_official", "disagreement", "kl_diversity", "ratio_of_errors",
     }
     probs = metrics.ensemble_probs(LOGITS, "logits")
     assert result["ensemble_accuracy"] == pytest.approx(50.0)
@@ -243,7 +243,7 @@ def test_evaluate_logits_keys_values_and_json():
     assert result["disagreement"] == pytest.approx(75.0)
     assert result["ratio_of_errors"] == pytest.approx(2.0)
     for key, value in result.items():
-        if key == "subnetwork_accuracy":
+        if key in ("subnetwork_accuracy", "subnetwork_nll"):
             assert isinstance(value, list) and all(type(v) is float for v in value)
         else:
             assert type(value) is float, key
@@ -282,3 +282,104 @@ def test_low_precision_logits():
 def test_bad_inputs(logits, labels, error):
     with pytest.raises(error):
         metrics.evaluate_logits(logits, labels)
+
+
+# --------------------------------------------------------------------------- against other implementations
+
+
+def _random_predictions(m=2, n=600, k=7, scale=3.0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(m, n, k, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, k, (n,), generator=gen)
+    # make the labels agree with the ensemble's argmax about 60% of the time
+    agree = torch.rand(n, generator=gen) < 0.6
+    labels = torch.where(agree, logits.mean(0).argmax(-1), labels)
+    return logits, labels
+
+
+@pytest.mark.parametrize("mode", metrics.ENSEMBLE_MODES)
+def test_metrics_match_scikit_learn(mode):
+    sk = pytest.importorskip("sklearn.metrics")
+    logits, labels = _random_predictions()
+    probs = metrics.ensemble_probs(logits, mode)
+    p, y = probs.numpy(), labels.numpy()
+    assert metrics.accuracy(probs, labels) == pytest.approx(100 * sk.accuracy_score(y, p.argmax(1)), rel=1e-12)
+    assert metrics.nll(probs, labels) == pytest.approx(sk.log_loss(y, p, labels=list(range(p.shape[1]))), rel=1e-9)
+    onehot = torch.nn.functional.one_hot(labels, p.shape[1]).numpy()
+    # scikit-learn's multiclass Brier: the mean over samples of the sum over classes (this module's brier)
+    assert metrics.brier(probs, labels) == pytest.approx(sk.brier_score_loss(y, p, labels=list(range(p.shape[1]))),
+                                                         rel=1e-9)
+    assert metrics.brier(probs, labels) == pytest.approx(((p - onehot) ** 2).sum(1).mean(), rel=1e-12)
+    subnet = metrics.subnetwork_nll(logits, labels)
+    for i in range(logits.shape[0]):
+        p_i = torch.softmax(logits[i], -1).numpy()
+        assert subnet[i] == pytest.approx(sk.log_loss(y, p_i, labels=list(range(p.shape[1]))), rel=1e-9)
+        expected = 100 * sk.accuracy_score(y, p_i.argmax(1))
+        assert metrics.subnetwork_accuracy(logits, labels)[i] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("mode", metrics.ENSEMBLE_MODES)
+def test_metrics_match_torchmetrics(mode):
+    tm = pytest.importorskip("torchmetrics.classification")
+    logits, labels = _random_predictions(seed=1)
+    probs = metrics.ensemble_probs(logits, mode)
+    k = probs.shape[1]
+    ece_tm = tm.MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1")(probs, labels).item()
+    assert metrics.ece(probs, labels) == pytest.approx(ece_tm, abs=1e-6)
+    assert metrics.reliability_bins(probs, labels)["ece"] == pytest.approx(ece_tm, abs=1e-6)
+    acc_tm = tm.MulticlassAccuracy(num_classes=k, average="micro")(probs, labels).item()
+    assert metrics.accuracy(probs, labels) == pytest.approx(100 * acc_tm, abs=1e-4)
+
+
+def test_reliability_bins_are_those_of_ece():
+    probs = torch.tensor([[0.95, 0.05], [0.9, 0.1], [0.3, 0.7], [0.45, 0.55]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 1])
+    bins = metrics.reliability_bins(probs, labels, n_bins=5)
+    assert bins["count"] == [0.0, 0.0, 1.0, 1.0, 2.0]
+    assert bins["accuracy"][2:] == pytest.approx([1.0, 1.0, 0.5])
+    assert bins["confidence"][2:] == pytest.approx([0.55, 0.7, 0.925])
+    assert all(math.isnan(v) for v in bins["accuracy"][:2])
+    assert bins["edges"] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    assert bins["ece"] == pytest.approx(metrics.ece(probs, labels, n_bins=5))
+
+
+@pytest.mark.parametrize("mode", metrics.ENSEMBLE_MODES)
+@pytest.mark.parametrize("scale", [0.3, 3.0, 10.0])
+def test_fit_temperature_reaches_the_minimum_nll(mode, scale):
+    """The fitted temperature's NLL is the minimum scipy finds for scikit-learn's log_loss of the same ensemble."""
+    sk = pytest.importorskip("sklearn.metrics")
+    optimize = pytest.importorskip("scipy.optimize")
+    logits, labels = _random_predictions(scale=scale, seed=2)
+    k = logits.shape[2]
+    t = metrics.fit_temperature(logits, labels, mode)
+
+    def sk_nll(temperature):
+        return sk.log_loss(labels.numpy(), metrics.ensemble_probs(logits, mode, temperature).numpy(),
+                           labels=list(range(k)))
+
+    best = optimize.minimize_scalar(sk_nll, bounds=metrics.TEMPERATURE_RANGE, method="bounded",
+                                    options={"xatol": 1e-10})
+    fitted = metrics.calibrated_metrics(logits, labels, t, mode)
+    assert fitted["nll_ts"] == pytest.approx(best.fun, rel=1e-7)
+    assert fitted["nll_ts"] <= sk_nll(1.0) + 1e-12  # never worse than no scaling
+    assert t == pytest.approx(best.x, rel=1e-3)
+    assert fitted["ece_ts"] == pytest.approx(metrics.ece(metrics.ensemble_probs(logits, mode, t), labels))
+
+
+def test_fit_temperature_undoes_a_known_scaling():
+    """Labels drawn from softmax(z) make T = 1 the best fit of z, so z * 4 needs T close to 4."""
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(1, 5000, 5, generator=gen, dtype=torch.float64)
+    labels = torch.multinomial(torch.softmax(z[0], -1), 1, generator=gen).squeeze(1)
+    assert metrics.fit_temperature(4.0 * z, labels) == pytest.approx(4.0, rel=0.1)
+    assert metrics.fit_temperature(z, labels) == pytest.approx(1.0, rel=0.1)
+
+
+def test_temperature_arguments_are_checked():
+    with pytest.raises(ValueError, match="temperature"):
+        metrics.ensemble_probs(LOGITS, "logits", 0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        metrics.ensemble_probs(LOGITS, "logits", float("nan"))
+    with pytest.raises(ValueError, match="ensemble mode"):
+        metrics.fit_temperature(LOGITS, LABELS, "median")
+    assert torch.equal(metrics.ensemble_probs(LOGITS, "probs", 1.0), metrics.ensemble_probs(LOGITS, "probs"))
