@@ -26,6 +26,8 @@ endif
 BIN := $(dir $(PY))
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
+# ninja prints one [n/9] line per finished object (pip shows them with -v).
+BUILD_MESSAGE := mixshare_ops: compiling the C++ extension (about 3 minutes on 2 cores, more with CUDA) ...
 CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 
 DEMO_OUT ?= runs/demo
@@ -46,13 +48,14 @@ $(STAMPS)/.deps: requirements-dev.txt
 	mkdir -p $(STAMPS) && touch $@
 
 $(STAMPS)/.installed: $(STAMPS)/.deps setup.py pyproject.toml
-	$(PY) -m pip install --no-build-isolation --no-deps -e .
+	@echo "$(BUILD_MESSAGE)"
+	$(PY) -m pip install -v --no-build-isolation --no-deps -e .
 	touch $@
 
 # The editable install builds the extension; rebuild in place (incrementally,
 # with ninja) only when a source is newer than the built library.
 mixshare_ops/_C.so: $(STAMPS)/.installed $(CSRC)
-	if [ ! -f $@ ] || [ -n "$$(find $(CSRC) -newer $@)" ]; then $(PY) setup.py -q build_ext --inplace; fi
+	if [ ! -f $@ ] || [ -n "$$(find $(CSRC) -newer $@)" ]; then echo "$(BUILD_MESSAGE)"; $(PY) setup.py -q build_ext --inplace; fi
 	touch $@
 
 setup: mixshare_ops/_C.so

@@ -1,6 +1,28 @@
-"""Loads the compiled operator library (mixshare_ops._C) if it was built and is current."""
+"""Loads the compiled operator library: mixshare_ops._C if it was built, else a
+copy compiled on first use (JIT) into torch's extension cache; either one is
+used only if it is current.
+
+An install without ``_C`` (a plain ``pip install .``: a pure-Python wheel that
+carries the C++/CUDA sources as package data) compiles the library at the first
+``import mixshare_ops`` with ``torch.utils.cpp_extension.load`` and ninja, with
+a message on stderr; later imports load the cached library directly.
+``MIXSHARE_OPS_JIT=0`` turns this off (the reference and Triton backends
+remain). The cache is ``$TORCH_EXTENSIONS_DIR/mixshare_ops_<hash>`` (default
+``~/.cache/torch_extensions/py<ver>_<cpu|cu…>/``), one folder per torch version,
+source tree and set of flags; torch's lock file in that folder makes a second
+process wait for the first one's build. A failed build leaves its compiler
+output in ``FAILED`` there and is not retried until that file is deleted.
+"""
 
 from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import pathlib
+import shutil
+import sys
+import time
 
 import torch
 
@@ -19,6 +41,12 @@ AUTOGRAD_OPERATORS = (
 OPERATORS = ("cutmix_boxes", "cutmix_mask") + AUTOGRAD_OPERATORS + (
     "_set_value_checks", "_value_checks_enabled", "_cpu_parallel_for_threads")
 REBUILD = "pip install --no-build-isolation -e ."
+
+JIT_ENV_VAR = "MIXSHARE_OPS_JIT"
+# Wall time of the build of the C++ kernels on 2 cores, for the message shown
+# while it runs: about 225 s of CPU time with torch 2.13 and GCC 12, so about
+# 2 minutes on 2 idle cores, rounded up for busy ones.
+JIT_MINUTES_2_CORES = 3
 
 
 def _has_operator(op: str) -> bool:
@@ -40,14 +68,172 @@ def outdated_reason() -> str | None:
     return None
 
 
-def _load() -> str | None:
+# ------------------------------------------------------------------ JIT build
+
+
+def jit_enabled() -> bool:
+    return os.environ.get(JIT_ENV_VAR, "1").lower() not in ("0", "false", "no", "off")
+
+
+def source_root() -> pathlib.Path | None:
+    """The folder of the C++/CUDA sources: the package data of an installed
+    wheel (mixshare_ops/csrc), else the source tree's csrc (editable installs)."""
+    here = pathlib.Path(__file__).resolve().parent
+    for root in (here / "csrc", here.parent / "csrc"):
+        if (root / "ops.cpp").is_file():
+            return root
+    return None
+
+
+def _jit_cuda() -> bool:
+    """CUDA kernels too: as setup.py decides (MIXSHARE_OPS_CUDA, else a visible GPU
+    with a CUDA torch and toolkit)."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    flag = os.environ.get("MIXSHARE_OPS_CUDA", "auto").lower()
+    if flag in ("0", "false", "no"):
+        return False
+    buildable = torch.version.cuda is not None and CUDA_HOME is not None
+    if flag in ("1", "true", "yes"):
+        return buildable
+    return buildable and torch.cuda.is_available()
+
+
+def _jit_build_args(root: pathlib.Path) -> dict:
+    """torch.utils.cpp_extension.load's arguments: the sources and flags of
+    setup.py's build (its -DNDEBUG -fwrapv come from Python's compiler flags
+    there); the library is loaded with torch.ops.load_library, so the Python
+    module file is not compiled."""
+    sources = sorted(str(p) for p in [root / "ops.cpp", root / "op_args.cpp", root / "autograd.cpp"])
+    sources += sorted(str(p) for p in (root / "cpu").glob("*.cpp"))
+    cflags = ["-O3", "-DNDEBUG", "-fwrapv"]
+    ldflags = []
+    if (sys.platform.startswith("linux") and torch.backends.openmp.is_available()
+            and os.environ.get("MIXSHARE_OPS_OPENMP", "1").lower() not in ("0", "false", "no")):
+        cflags.append("-fopenmp")
+        ldflags.append("-fopenmp")
+    with_cuda = _jit_cuda()
+    if with_cuda:
+        sources += sorted(str(p) for p in (root / "cuda").glob("*.cu"))
+    return {
+        "sources": sources,
+        "extra_cflags": cflags,
+        "extra_cuda_cflags": ["-O3", "--expt-relaxed-constexpr"],
+        "extra_ldflags": ldflags,
+        "extra_include_paths": [str(root)],
+        "with_cuda": with_cuda,
+    }
+
+
+def _jit_name(root: pathlib.Path, args: dict) -> str:
+    """mixshare_ops_<hash> of torch's version, the flags and every source and header."""
+    digest = hashlib.sha256()
+    digest.update(repr((torch.__version__, torch.version.cuda, sys.version_info[:2],
+                        {k: v for k, v in args.items() if k not in ("sources", "extra_include_paths")},
+                        os.environ.get("TORCH_CUDA_ARCH_LIST"))).encode())
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".cpp", ".h", ".cu", ".cuh")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return "mixshare_ops_" + digest.hexdigest()[:16]
+
+
+def _say(message: str) -> None:
+    print(f"mixshare_ops: {message}", file=sys.stderr, flush=True)
+
+
+def _jit_load() -> str | None:
+    """Compiles (once) and loads the library; None, or why it is not loaded."""
+    from torch.utils import cpp_extension
+
+    root = source_root()
+    if root is None:
+        return "mixshare_ops._C is not built and the C++ sources (mixshare_ops/csrc) are not installed"
+    args = _jit_build_args(root)
+    name = _jit_name(root, args)
+    directory = pathlib.Path(cpp_extension._get_build_directory(name, verbose=False))
+    library = directory / f"{name}.so"
+    failed = directory / "FAILED"
+    global _library_path
+    if library.is_file() and not (directory / "lock").exists():
+        torch.ops.load_library(str(library))
+        _library_path = str(library)
+        return None
+    if failed.is_file():
+        return (f"compiling the C++ kernels failed (compiler output: {failed}; delete it to try again):\n"
+                + _tail(failed.read_text()))
+    kernels = "C++ and CUDA kernels" if args["with_cuda"] else "C++ kernels"
+    if (directory / "lock").exists():
+        _say(f"waiting for another process compiling the {kernels} into {directory} ... "
+             "(if none is, a build was killed: delete its file 'lock')")
+    else:
+        _say(f"compiling the {kernels} (first use, about {JIT_MINUTES_2_CORES} minutes on 2 cores"
+             f"{', longer with CUDA' if args['with_cuda'] else ''}) into {directory} ... "
+             f"(set {JIT_ENV_VAR}=0 to skip; the reference and Triton backends work without them)")
+    start = time.monotonic()
+    path_before = os.environ.get("PATH")
     try:
-        from mixshare_ops import _C  # noqa: F401  (importing registers the ops)
-    except ImportError as exc:  # built without the extension, or an ABI mismatch
-        return f"{type(exc).__name__}: {exc}"
+        _put_ninja_on_path()
+        path = cpp_extension.load(name, build_directory=str(directory), is_python_module=False, verbose=False,
+                                  **args)
+    except Exception as exc:  # noqa: BLE001 - any failure leaves the other backends usable
+        output = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, RuntimeError) and str(exc).startswith("Error building extension"):
+            failed.write_text(output)  # a compiler error: not retried at every import
+        _say(f"compiling the {kernels} failed after {time.monotonic() - start:.0f} s; "
+             "using the reference and Triton backends")
+        return f"compiling the C++ kernels failed:\n{_tail(output)}"
+    finally:
+        if path_before is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path_before
+    _say(f"done in {time.monotonic() - start:.0f} s ({path})")
+    _library_path = str(path)
+    return None
+
+
+def _put_ninja_on_path() -> None:
+    """The ninja of the ninja package (a dependency) when none is on PATH, as in
+    a virtual environment used without activating it."""
+    if shutil.which("ninja") is not None:
+        return
+    try:
+        import ninja
+    except ImportError:
+        return
+    os.environ["PATH"] = os.pathsep.join(filter(None, [ninja.BIN_DIR, os.environ.get("PATH")]))
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------- loading
+
+_library_path: str | None = None
+
+
+def _load() -> str | None:
+    global _library_path
+    if importlib.util.find_spec("mixshare_ops._C") is None:  # a pure-Python install, or a source tree before its build
+        if not jit_enabled():
+            return f"mixshare_ops._C is not built and {JIT_ENV_VAR}=0 turns off compiling it on first use"
+        try:
+            error = _jit_load()
+        except Exception as exc:  # noqa: BLE001 - e.g. an unwritable cache: the other backends remain
+            error = f"the C++ kernels could not be compiled on first use: {type(exc).__name__}: {exc}"
+        if error is not None:
+            return error
+        where = f"the library compiled on first use ({_library_path})"
+    else:
+        try:
+            from mixshare_ops import _C  # importing registers the ops
+        except ImportError as exc:  # an ABI mismatch
+            return f"{type(exc).__name__}: {exc}"
+        _library_path = _C.__file__
+        where = "mixshare_ops/_C"
     reason = outdated_reason()
     if reason is not None:
-        return f"mixshare_ops/_C was built from older sources ({reason}); rebuild: {REBUILD}"
+        return f"{where} was built from older sources ({reason}); rebuild: {REBUILD}"
     return None
 
 
@@ -62,6 +248,11 @@ def loaded() -> bool:
 def load_error() -> str | None:
     """Why the C++ operator library is not used (None if it is)."""
     return _load_error
+
+
+def library_path() -> str | None:
+    """The file of the loaded library: mixshare_ops/_C's, or the one compiled on first use."""
+    return _library_path
 
 
 def has_kernel(op: str, dispatch_key: str) -> bool:
