@@ -20,22 +20,26 @@ and the heads) work on it unchanged. Two ways to build one::
 from __future__ import annotations
 
 import collections
-from typing import Callable, Optional, Union
+import copy
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from mixshare.models import ENCODER_INITS, MimoCNN, align_encoders
 
-ModuleOrFactory = Union[nn.Module, Callable[[], nn.Module]]
+ModuleOrFactory = Union[nn.Module, Callable[[], nn.Module], Sequence[nn.Module]]
 
 
 def _instances(part: ModuleOrFactory, count: int, name: str) -> list[nn.Module]:
-    """``count`` modules: calls of a factory (each drawn by its own init), or one module and deep copies."""
+    """``count`` modules: the ``count`` given, calls of a factory (each drawn by its own init), or one
+    module and deep copies."""
     if isinstance(part, nn.Module):
-        import copy
-
         return [part] + [copy.deepcopy(part) for _ in range(count - 1)]
+    if isinstance(part, (list, tuple)):
+        if len(part) != count or not all(isinstance(m, nn.Module) for m in part):
+            raise TypeError(f"{name} as a sequence must hold {count} nn.Modules, got {len(part)} items")
+        return list(part)
     if not callable(part):
         raise TypeError(f"{name} must be an nn.Module or a function returning one, got {type(part).__name__}")
     modules = [part() for _ in range(count)]
@@ -54,8 +58,8 @@ class MimoBackbone(MimoCNN):
 
     ``encoder``: images [B, C, H, W] -> encodings [B, D, h, w] (the mixing grid is h x w);
     ``core``: [B, D, h, w] -> final map [B, num_features, h', w']; ``head``: [B, num_features]
-    -> logits [B, K]. ``encoder`` and ``head`` are modules (copied M times) or functions
-    returning a fresh one (called M times: independent draws). ``encoder_init``:
+    -> logits [B, K]. ``encoder`` and ``head`` are modules (copied M times), functions
+    returning a fresh one (called M times: independent draws) or sequences of M modules. ``encoder_init``:
     ``independent`` (as drawn), ``identical`` or ``colinear`` (MixShare's kernel alignment:
     encoders 2..M start from encoder 1). ``in_channels``: the images' channels (default: the
     encoder's first convolution's). M = 1 is the plain network.
@@ -128,9 +132,7 @@ class MimoBackbone(MimoCNN):
             raise TypeError(f"head={head!r} must be an nn.Linear, got {type(heads[0]).__name__}")
         encoders = [_sequence(m, names[: e + 1]) for m in models]
         core = _sequence(models[0], names[e + 1 : p])
-        factories = iter(encoders), iter(heads)
-        return cls(lambda: next(factories[0]), core, lambda: next(factories[1]), num_subnets,
-                   num_features=heads[0].in_features, encoder_init=encoder_init)
+        return cls(encoders, core, heads, num_subnets, num_features=heads[0].in_features, encoder_init=encoder_init)
 
     def core(self, mixed: torch.Tensor) -> torch.Tensor:
         return self.body(mixed)

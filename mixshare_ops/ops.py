@@ -55,8 +55,8 @@ def _checked_backend(backend, validate, args, tensors, optional=(), ints=(), flo
         and all(isinstance(v, str) for v in strs)
     )
     if not typed:
-        validate(*args)
-        raise TypeError(f"{validate.__name__}: an argument has the wrong type")  # unreachable: validate raised
+        validate(*args)  # raises the TypeError or ValueError naming the argument
+        raise AssertionError(f"{validate.__name__} accepted an argument of the wrong type")
     first_name, first = tensors[0]
     backend = select_backend(first.device, backend)
     if backend == "reference":
