@@ -8,6 +8,7 @@ import difflib
 import json
 import math
 import os
+import shlex
 import statistics
 import sys
 
@@ -63,7 +64,7 @@ def cmd_train(args) -> int:
     from mixshare.train import train
 
     config = build_config(args)
-    report = train(config, args.out, resume=args.resume)
+    report = train(config, args.out, resume=args.resume, overwrite=args.overwrite, allow_change=args.allow_change)
     if report:
         print(json.dumps({k: report[k] for k in ("ensemble_accuracy", "subnetwork_accuracy", "nll", "ece",
                                                  "temperature", "nll_ts", "ece_ts", "encoder_share_rate",
@@ -166,39 +167,90 @@ def comparison_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def cmd_compare(args) -> int:
-    from mixshare.files import atomic_write_text
+def _saved_config(run_dir: str):
+    """The config of the run in ``run_dir`` (its config.json, else its checkpoint's), or None when the
+    folder holds no run."""
+    from mixshare import files
+
+    path = os.path.join(run_dir, files.RUN_CONFIG)
+    if os.path.isfile(path):
+        with open(path) as fh:
+            try:
+                values = json.load(fh)
+            except ValueError:
+                raise ValueError(f"{path} is not a JSON config; pass --rerun to retrain the run") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} is not a JSON config; pass --rerun to retrain the run")
+        return cfg.apply(cfg.Config(), values, path)
+    checkpoint = os.path.join(run_dir, files.CHECKPOINT)
+    if os.path.isfile(checkpoint):
+        return cfg.apply(cfg.Config(), files.load_checkpoint(checkpoint)["config"], checkpoint)
+    if files.run_records(run_dir):
+        raise ValueError(f"{run_dir} holds run files but neither {files.RUN_CONFIG} nor {files.CHECKPOINT}: "
+                         f"its config is unknown; pass --rerun to retrain it")
+    return None
+
+
+def compare_run(config: cfg.Config, run_dir: str, rerun: bool = False) -> dict:
+    """The metrics of ``config``'s run in ``run_dir``: read back when a finished run with the same
+    config (:func:`mixshare.config.experiment_differences`) is there, resumed when an unfinished one is,
+    trained otherwise; a run of another config there is refused. ``rerun``: train anew, replacing it."""
+    from mixshare import files
     from mixshare.train import train
+
+    if rerun:
+        return train(config, run_dir, overwrite=True)
+    saved = _saved_config(run_dir)
+    if saved is not None:
+        differences = cfg.experiment_differences(saved, config)
+        if differences:
+            raise cfg.ConfigError(f"{run_dir} holds a run of another config ({cfg.describe_differences(differences)}); "
+                                  f"pass --rerun to retrain it, or choose another --out")
+        metrics_path = os.path.join(run_dir, files.METRICS)
+        if os.path.isfile(metrics_path):
+            with open(metrics_path) as fh:
+                try:
+                    return json.load(fh)
+                except ValueError:
+                    raise ValueError(f"{metrics_path} is not JSON; pass --rerun to retrain the run") from None
+    print(f"== {config.method}, seed {config.seed}: {config.model} on {config.dataset}, {config.epochs} epochs",
+          flush=True)
+    return train(config, run_dir, resume=os.path.isfile(os.path.join(run_dir, files.CHECKPOINT)))
+
+
+def cmd_compare(args) -> int:
+    from mixshare.files import atomic_write_text, output_folder
 
     methods = args.methods
     if methods is None:
         file_values = cfg.load_yaml(args.config) if args.config else {}
         methods = VIT_DEMO_METHODS if _wants_vit(args, file_values, cfg.parse_set(args.set)) else DEMO_METHODS
+    for option, values in (("--seeds", args.seeds), ("--methods", methods)):
+        repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{option} names {', '.join(map(str, repeated))} more than once: each is one run")
     results = {}
-    for method in methods:
-        results[method] = []
-        for seed in args.seeds:
-            config = build_config(args, method=method, seed=seed)
-            run_dir = os.path.join(args.out, method, f"seed{seed}")
-            metrics_path = os.path.join(run_dir, "metrics.json")
-            if os.path.isfile(metrics_path) and not args.rerun:
-                with open(metrics_path) as fh:
-                    report = json.load(fh)
-            else:
-                print(f"== {method}, seed {seed}: {config.model} on {config.dataset}, {config.epochs} epochs", flush=True)
-                report = train(config, run_dir, resume=True)
-            results[method].append(report)
-    table = comparison_table(results)
-    first = next(iter(results.values()))[0]
-    header = f"{first.get('dataset', args.dataset or 'digits')}, {first['model']}, seeds {args.seeds}"
-    atomic_write_text(os.path.join(args.out, "compare.md"), f"# {header}\n\n{table}\n")
-    atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
+    with output_folder(args.out):
+        for method in methods:
+            results[method] = []
+            for seed in args.seeds:
+                config = build_config(args, method=method, seed=seed)
+                results[method].append(compare_run(config, os.path.join(args.out, method, f"seed{seed}"), args.rerun))
+        table = comparison_table(results)
+        first = next(iter(results.values()))[0]
+        header = f"{first.get('dataset', args.dataset or 'digits')}, {first['model']}, seeds {args.seeds}"
+        atomic_write_text(os.path.join(args.out, "compare.md"), f"# {header}\n\n{table}\n")
+        atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
     print(table)
     return 0
 
 
 class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose unrecognised options name the nearest option or config key."""
+    """An ArgumentParser whose unrecognised options name the nearest option or config key, and whose
+    errors are one line (exit status 2)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
     def parse_args(self, args=None, namespace=None):
         namespace, extras = self.parse_known_args(args, namespace)
@@ -255,7 +307,14 @@ def make_parser() -> argparse.ArgumentParser:
                    help="method preset (default: mixshare-fadeout, or mixvit for a vit-* model)")
     p.add_argument("--seed", type=int)
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    runs = p.add_mutually_exclusive_group()
+    runs.add_argument("--resume", action="store_true",
+                      help="continue the run in OUT from its checkpoint (its config must match: see --allow-change)")
+    runs.add_argument("--overwrite", action="store_true",
+                      help="replace the run in OUT (its checkpoint, metrics, history, plots; no other file)")
+    p.add_argument("--allow-change", nargs="+", default=[], metavar="KEY",
+                   help="with --resume: config keys that may differ from the checkpoint's (e.g. epochs); "
+                        f"never {', '.join(cfg.IDENTITY_KEYS)}")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test split")
@@ -269,7 +328,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--data-dir")
     p.add_argument("--device")
-    p.add_argument("--num-images", type=int, default=256, help="test images for the conditional variance")
+    p.add_argument("--num-images", type=_positive_int, default=256, help="test images for the conditional variance")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("compare", help="several methods x seeds, printed as MixShare's Table 1",
@@ -280,18 +339,58 @@ def make_parser() -> argparse.ArgumentParser:
                    help=f"default: {' '.join(DEMO_METHODS)}; for a vit-* model: {' '.join(VIT_DEMO_METHODS)}")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--out", required=True)
-    p.add_argument("--rerun", action="store_true", help="retrain runs that already have metrics.json")
+    p.add_argument("--rerun", action="store_true",
+                   help="retrain every run, replacing those in OUT (default: reuse a finished run of the same "
+                        "config, resume an unfinished one, refuse one of another config)")
     p.set_defaults(func=cmd_compare)
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _continue_hint(args, argv: list) -> str:
+    """How to continue an interrupted command."""
+    if args.command == "train":
+        again = [a for a in argv if a != "--overwrite"] + ([] if "--resume" in argv else ["--resume"])
+        return f"continue with: mixshare {shlex.join(again)}"
+    if args.command == "compare":
+        return "run the same command again to continue (finished runs are reused, an unfinished one resumes)"
+    return "nothing was written"
+
+
 def main(argv=None) -> int:
+    """Runs a command; any failure ends in one line on stderr and exit status 2 (Ctrl-C: 130).
+    ``MIXSHARE_TRACEBACK=1`` re-raises an error of a class no command expects, with its traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (cfg.ConfigError, ValueError, OSError) as exc:  # expected failures: one line, exit 2
-        print(f"mixshare {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        said = _one_line(interrupt) or "interrupted"
+        print(f"mixshare {args.command}: {said}; {_continue_hint(args, argv)}", file=sys.stderr, flush=True)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure is one line
+        training = sys.modules.get("mixshare.train")  # loaded whenever a run can have diverged
+        expected = isinstance(exc, (ValueError, OSError) + ((training.TrainingDiverged,) if training else ()))
+        if not expected and os.environ.get("MIXSHARE_TRACEBACK") == "1":
+            raise
+        message = _one_line(exc) or "(no message)"
+        if not expected:
+            message = f"{type(exc).__name__}: {message} (MIXSHARE_TRACEBACK=1 shows where)"
+        print(f"mixshare {args.command}: error: {message}", file=sys.stderr, flush=True)
         return 2
 
 

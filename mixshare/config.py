@@ -172,7 +172,14 @@ class ConfigError(ValueError):
     """An unknown key or a value of the wrong type or range."""
 
 
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False}
+
+
 def _convert(name: str, value: Any):
+    """``value`` as the type of config key ``name``, refusing a value of another kind: a bool is
+    ``true`` / ``false`` (also as a string), a number is a number (a string that reads as one, e.g.
+    YAML's ``1e-3``, included) and never a bool or a list, ``lr_milestones`` is a list of numbers,
+    a text key takes a string."""
     hint = typing.get_type_hints(Config)[name]
     args = typing.get_args(hint)
     optional = type(None) in args
@@ -181,26 +188,49 @@ def _convert(name: str, value: Any):
         if optional:
             return None
         raise ConfigError(f"{name} cannot be None")
+    expected = {bool: "true or false", int: "an integer", float: "a number", tuple: "a list of numbers",
+                str: "a string"}[base]
     try:
         if base is bool:
-            if isinstance(value, str):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return value.lower() in ("true", "1", "yes")
-            return bool(value)
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if base is float:
-            return float(value)
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+                return _BOOL_WORDS[value.strip().lower()]
+            raise ValueError(value)
         if base is tuple:
             if isinstance(value, str):
                 value = yaml.safe_load(value)
-            return tuple(float(v) for v in value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(value)
+            return tuple(_number(v, float) for v in value)
+        if base in (int, float):
+            return _number(value, base)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except (TypeError, ValueError, OverflowError, yaml.YAMLError):
+        raise ConfigError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})") from None
+
+
+def _number(value: Any, kind: type):
+    """``value`` as ``kind`` (int or float): an int, a float (integral for an int) or a string reading
+    as one; never a bool, a list or a mapping."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(value)
+    if isinstance(value, str):
+        value = float(value) if kind is float else _int_text(value)
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return int(value)
+    return float(value)
+
+
+def _int_text(text: str):
+    try:
+        return int(text.strip())
+    except ValueError:
+        return float(text)
 
 
 def nearest_key(name: str) -> Optional[str]:
@@ -220,7 +250,10 @@ def apply(config: Config, updates: dict, source: str) -> Config:
             near = nearest_key(key)
             hint = f"; did you mean {near!r}?" if near else ";"
             raise ConfigError(f"unknown config key {key!r} in {source}{hint} valid keys: {', '.join(sorted(FIELDS))}")
-        changes[key] = _convert(key, value)
+        try:
+            changes[key] = _convert(key, value)
+        except ConfigError as error:
+            raise ConfigError(f"{error} in {source}") from None
     return dataclasses.replace(config, **changes)
 
 
@@ -265,10 +298,23 @@ def merge(preset_values: dict, file_values: dict, flags: dict, set_values: dict,
 
 
 def load_yaml(path: str) -> dict:
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    """The mapping of config keys in the YAML file ``path`` (values are type-checked when applied)."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except yaml.YAMLError as error:
+        where = getattr(error, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        raise ConfigError(f"{path} is not valid YAML{at}: {getattr(error, 'problem', None) or error}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file") from None
+    if data is None:
+        return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    bad = [key for key in data if not isinstance(key, str)]
+    if bad:
+        raise ConfigError(f"{path}: config keys are names, got {bad[0]!r} ({type(bad[0]).__name__})")
     return data
 
 
@@ -279,7 +325,10 @@ def parse_set(items) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {key.strip()}: cannot read the value {value!r}") from None
     return out
 
 
@@ -305,14 +354,57 @@ RANGES = {
     "l2": (0, None, True, True),
     "weight_decay": (0, None, True, True),
     "warmup_epochs": (0, None, True, True),
-    "lr_decay": (0, None, False, True),
+    "lr_decay": (0, 1, False, True),
     "eval_batch_size": (1, None, True, True),
     "seed": (0, 2**63 - 1, True, True),
     "synthetic_train": (1, None, True, True),
     "synthetic_test": (1, None, True, True),
     "synthetic_classes": (2, None, True, True),
-    "synthetic_size": (1, None, True, True),
+    "synthetic_size": (4, None, True, True),  # the CNNs' three stride-2 stages need 4 pixels
 }
+
+
+# The keys a resumed run (and compare's reuse of a finished one) is compared on: all but
+# RUNTIME_KEYS, where and how a run executes (free to change). IDENTITY_KEYS, what the weights and
+# the data are, never change on resume; any other key may, when named with --allow-change.
+RUNTIME_KEYS = ("data_dir", "device", "progress", "plots", "compile", "channels_last", "eval_batch_size")
+IDENTITY_KEYS = ("method", "model", "dataset", "num_subnets", "seed", "calibration_split", "synthetic_train",
+                 "synthetic_test", "synthetic_classes", "synthetic_size")
+
+
+def experiment_differences(saved: Config, config: Config) -> dict[str, tuple]:
+    """``{key: (saved value, new value)}`` for every key but :data:`RUNTIME_KEYS` where they differ."""
+    return {f.name: (getattr(saved, f.name), getattr(config, f.name)) for f in dataclasses.fields(Config)
+            if f.name not in RUNTIME_KEYS and getattr(saved, f.name) != getattr(config, f.name)}
+
+
+def describe_differences(differences: dict) -> str:
+    """``{key: (there, now)}`` as ``key: there ..., now ...`` items separated by semicolons."""
+    return "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differences.items())
+
+
+def check_resume(saved: Config, config: Config, allow_change=(), source: str = "the checkpoint") -> None:
+    """Raises ConfigError unless ``config`` continues the experiment ``saved`` describes: every key
+    outside :data:`RUNTIME_KEYS` equal, but those named in ``allow_change`` (never an
+    :data:`IDENTITY_KEYS` one). The message names each differing key with both values."""
+    for key in allow_change:
+        if key not in FIELDS:
+            near = nearest_key(key)
+            raise ConfigError(f"--allow-change: unknown config key {key!r}" + (f"; did you mean {near!r}?" if near else ""))
+        if key in IDENTITY_KEYS:
+            raise ConfigError(f"--allow-change {key}: {key} defines the run ({', '.join(IDENTITY_KEYS)} never "
+                              f"change on resume); start a new run in another --out")
+    refused = {k: v for k, v in experiment_differences(saved, config).items() if k not in allow_change}
+    if not refused:
+        return
+    listed = describe_differences(refused)
+    identity = [k for k in refused if k in IDENTITY_KEYS]
+    if identity:
+        advice = (f"{', '.join(identity)} {'defines' if len(identity) == 1 else 'define'} another experiment: "
+                  f"start it in another --out (or replace this one with --overwrite)")
+    else:
+        advice = f"to continue with the new values, pass --allow-change {' '.join(refused)}"
+    raise ConfigError(f"{source} was trained with another config ({listed}); {advice}")
 
 
 def describe_keys(width: int = 100) -> str:
@@ -355,6 +447,12 @@ def validate(config: Config) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {getattr(config, key)!r}")
     for key in RANGES:
         check_range(key, getattr(config, key))
+    from mixshare.runtime import check_device_name
+
+    try:
+        check_device_name(config.device)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     checks = [
         (config.num_subnets > 1 or config.mixing == "none", "a single network (num_subnets = 1) needs mixing: none"),
         (config.num_subnets == 1 or config.mixing != "none", "mixing: none needs num_subnets = 1"),
@@ -362,6 +460,9 @@ def validate(config: Config) -> None:
          "unmixing needs CutMix on every batch (mixing: cut, cut_prob: 1)"),
         (all(isinstance(m, (int, float)) and 0 < m < 1 for m in config.lr_milestones),
          f"lr_milestones are fractions of training in (0, 1), got {list(config.lr_milestones)}"),
+        (config.dataset != "synthetic" or config.synthetic_train >= config.synthetic_classes,
+         f"synthetic_train {config.synthetic_train} leaves classes without a training image: "
+         f"need synthetic_train >= synthetic_classes ({config.synthetic_classes})"),
     ]
     for ok, message in checks:
         if not ok:

@@ -454,7 +454,8 @@ def hold_out(dataset: ImageDataset, fraction: float, seed: int = 0) -> ImageData
     Stratified: from each class, ``round(fraction * count)`` images, picked by a permutation drawn on
     a CPU generator seeded with ``seed + CALIBRATION_SEED_OFFSET`` (no global random state is used).
     Both parts keep the dataset's order. The normalisation (``mean``, ``std``) stays that of the whole
-    training split (pixel statistics, no labels). Raises ValueError unless both parts are non-empty.
+    training split (pixel statistics, no labels). Raises ValueError unless both parts are non-empty
+    and every class keeps a training image.
     """
     if not 0.0 < float(fraction) < 1.0:
         raise ValueError(f"calibration_split must lie in (0, 1) to withhold images, got {fraction}")
@@ -470,6 +471,12 @@ def hold_out(dataset: ImageDataset, fraction: float, seed: int = 0) -> ImageData
         raise ValueError(
             f"calibration_split {fraction} of {labels.shape[0]} training images withholds {int(held.sum())} and "
             f"keeps {kept}; both must be at least 1")
+    emptied = [c for c in torch.unique(labels).tolist() if not bool((~held)[labels == c].any())]
+    if emptied:
+        raise ValueError(
+            f"calibration_split {fraction} withholds every training image of class(es) "
+            f"{', '.join(map(str, emptied[:10]))}{' ...' if len(emptied) > 10 else ''}; lower it so that each "
+            f"class keeps a training image")
     held = held.to(dataset.train_labels.device)
     return dataclasses.replace(
         dataset,

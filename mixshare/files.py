@@ -1,11 +1,13 @@
 """Run files: atomic writes, checkpoints, the history CSV, TensorBoard scalars and output folders.
 
-Every file is written through a temporary ``<name>.tmp<pid>`` in the same
-folder and a rename, so a reader never sees half a file; temporaries left by a
-killed process are removed when a run next opens the folder. Checkpoints are
-loaded with ``weights_only=True`` (plain tensors and containers, no code), and
-anything that is not a readable checkpoint raises :class:`CheckpointError`
-with one line naming the file.
+Every file is written through a temporary ``.<name>.<pid>.mixshare-tmp`` in
+the same folder and a rename, so a reader never sees half a file; temporaries
+of that pattern left by a process that is gone are removed when a run next
+opens the folder (no other file is ever removed). An output folder is locked
+while a command writes it (:func:`folder_lock`). Checkpoints are loaded with
+``weights_only=True`` (plain tensors and containers, no code), and anything
+that is not a readable checkpoint raises :class:`CheckpointError` with one
+line naming the file.
 """
 
 from __future__ import annotations
@@ -13,27 +15,55 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import json
 import os
 import re
 import shutil
+import socket
+import sys
+import time
 import warnings
 from typing import Iterator, Optional
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: the lock falls back to the recorded owner's pid
+    fcntl = None
+
 import torch
 
+# A run folder's files.
 CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.json"
+HISTORY = "history.csv"
+RUN_CONFIG = "config.json"  # the run's config, written when its training starts
 TENSORBOARD = "tensorboard"  # the run folder's TensorBoard log folder (see ScalarLog)
+PLOTS = ("training_curves.png", "reliability.png", "encoder_profiles.png", "classifier_profiles.png",
+         "conditional_variance.png")
+RUN_RECORDS = (CHECKPOINT, METRICS, HISTORY)  # a folder holding one of these holds a run
+RUN_FILES = RUN_RECORDS + (RUN_CONFIG, TENSORBOARD) + PLOTS  # what a run writes; --overwrite removes these
+LOCK = ".mixshare.lock"
 CHECKPOINT_KEYS = ("config", "model", "num_classes")
-_TEMPORARY = re.compile(r"\.tmp(\d+)$")
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.mixshare-tmp$")
 
 
 class CheckpointError(ValueError):
     """A file that is not a readable mixshare checkpoint, or one that does not fit the run."""
 
 
+class FolderInUse(OSError):
+    """Another live process holds the output folder's lock."""
+
+
+def temporary_path(path: str) -> str:
+    """The temporary name a write of ``path`` goes through: ``.<name>.<pid>.mixshare-tmp`` beside it."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}.mixshare-tmp")
+
+
 def atomic_write_bytes(path: str, payload: bytes) -> None:
     """Writes via a temporary file in the same folder and a rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(payload)
@@ -63,13 +93,24 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - empty, truncated, not a torch file, or refused objects
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: {reason[:300]})") from None
+        raise CheckpointError(f"{path} is not a readable checkpoint ({type(error).__name__}: "
+                              f"{_load_failure(error)})") from None
     if not isinstance(state, dict) or not all(key in state for key in CHECKPOINT_KEYS):
-        found = sorted(state)[:10] if isinstance(state, dict) else type(state).__name__
+        found = sorted(map(str, state))[:10] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path} is not a mixshare checkpoint: expected the keys {', '.join(CHECKPOINT_KEYS)}, "
                               f"found {found}")
     return state
+
+
+def _load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in words of this project's (torch's own message
+    suggests loading the file with ``weights_only=False``, which would run code from an untrusted file)."""
+    import pickle
+
+    if isinstance(error, pickle.UnpicklingError):
+        return ("it holds objects other than tensors and plain containers, which a checkpoint never does; "
+                "such a file is not loaded")
+    return "empty, truncated, or not a file torch.save wrote"
 
 
 def load_weights(model: torch.nn.Module, weights, path: str) -> None:
@@ -159,10 +200,11 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str) -> list[str]:
-    """Removes ``*.tmp<pid>`` files of processes that are gone; returns their names."""
+    """Removes the temporaries (``.<name>.<pid>.mixshare-tmp``) of processes that are gone; returns
+    their names. No other file is touched."""
     removed = []
     for name in sorted(os.listdir(folder)):
-        match = _TEMPORARY.search(name)
+        match = _TEMPORARY.match(name)
         path = os.path.join(folder, name)
         if match and os.path.isfile(path) and not _alive(int(match.group(1))):
             os.remove(path)
@@ -170,17 +212,112 @@ def remove_stale_temporaries(folder: str) -> list[str]:
     return removed
 
 
+def _owner_text(record: Optional[dict]) -> str:
+    if not record:
+        return "another process"
+    return (f"pid {record.get('pid')} on {record.get('host')} since {record.get('started')} "
+            f"({record.get('command', '?')})")
+
+
+def _read_record(fd: int) -> Optional[dict]:
+    try:
+        record = json.loads(os.pread(fd, 1 << 16, 0).decode())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 @contextlib.contextmanager
-def output_folder(path: str) -> Iterator[str]:
-    """The run's output folder: created if missing (an existing file there is refused), cleared of
-    stale temporaries; removed again if the run fails before writing anything into it."""
+def folder_lock(folder: str) -> Iterator[dict]:
+    """Holds ``folder``'s lock file (``.mixshare.lock``) while the block runs, or raises
+    :class:`FolderInUse` naming its owner.
+
+    The file records the owner (pid, host, start time, command) and is held with ``flock``,
+    which the system releases when the owner dies: a lock file left by a killed process is taken
+    over. Where ``flock`` is unsupported, a record naming a live process of this host counts as
+    held. The file is removed when the block ends.
+    """
+    path = os.path.join(folder, LOCK)
+    record = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)[:300]}
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise FolderInUse(f"output folder {folder} is in use by {_owner_text(_read_record(fd))} "
+                                  f"(lock file {LOCK}); wait for it to end or choose another --out") from None
+                except OSError:  # no flock on this file system: the record decides
+                    _refuse_live_record(folder, _read_record(fd))
+            else:
+                _refuse_live_record(folder, _read_record(fd))
+            # Another process may have removed the file (and made a new one) between open and flock.
+            try:
+                current = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                current = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if current:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        yield record
+    finally:
+        try:
+            os.remove(path)
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _refuse_live_record(folder: str, owner: Optional[dict]) -> None:
+    if (owner and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int)
+            and owner["pid"] != os.getpid() and _alive(owner["pid"])):
+        raise FolderInUse(f"output folder {folder} is in use by {_owner_text(owner)} "
+                          f"(lock file {LOCK}); wait for it to end or choose another --out")
+
+
+def run_records(folder: str) -> list[str]:
+    """The files of :data:`RUN_RECORDS` in ``folder``: non-empty when it holds a run."""
+    return [name for name in RUN_RECORDS if os.path.exists(os.path.join(folder, name))]
+
+
+def remove_run(folder: str) -> list[str]:
+    """Removes the files a run writes (:data:`RUN_FILES`) from ``folder``; returns their names. A file
+    of any other name is left alone."""
+    removed = []
+    for name in RUN_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        else:
+            continue
+        removed.append(name)
+    return removed
+
+
+@contextlib.contextmanager
+def output_folder(path: str, lock: bool = True) -> Iterator[str]:
+    """The run's output folder: created if missing (an existing file there is refused), locked
+    (:func:`folder_lock`; ``lock=False`` for a process that shares the folder with its locking
+    parent, e.g. a DDP rank but the first), cleared of stale temporaries; removed again if the
+    command fails before writing anything into it."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"output folder {path} is an existing file; choose another --out")
     created = not os.path.exists(path)
     os.makedirs(path, exist_ok=True)
-    remove_stale_temporaries(path)
     try:
-        yield path
+        with folder_lock(path) if lock else contextlib.nullcontext():
+            remove_stale_temporaries(path)
+            yield path
     except BaseException:
         if created and os.path.isdir(path) and not os.listdir(path):
             shutil.rmtree(path, ignore_errors=True)

@@ -22,7 +22,8 @@ class MimoLoader:
     """Iterable over one epoch of ``(images [M, R, C, H, W], labels [M, R])`` of ``dataset``'s training split.
 
     ``batch_size`` counts rows (repetitions included); under DDP (``world_size > 1``) each rank
-    yields its ``R / world_size`` rows of the batch all ranks draw alike. ``seed`` seeds the two
+    yields its ``R / world_size`` rows of the batch all ranks draw alike. A batch whose distinct
+    images outnumber the training split, or with fewer rows than ranks, raises ValueError. ``seed`` seeds the two
     device generators the loader owns: ``order_generator`` for the batches (the same on every
     rank) and ``sample_generator`` for the per-sample draws of this rank: the augmentation here,
     and the mixing plans drawn for the batches (:func:`mixshare.methods.sample_plan`).
@@ -43,6 +44,15 @@ class MimoLoader:
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        images = data.images_per_step(batch_size, batch_repetition)
+        if images > dataset.num_train:
+            raise ValueError(
+                f"batch_size {batch_size} asks for {images} distinct images per step (batch_repetition "
+                f"{batch_repetition}), more than the {dataset.num_train} training images; at most "
+                f"{dataset.num_train * batch_repetition}")
+        if images * batch_repetition < world_size:
+            raise ValueError(f"batch_size {batch_size} gives {images * batch_repetition} rows per step, fewer than the "
+                             f"{world_size} DDP ranks: every rank needs at least one row")
         self.dataset = dataset
         self.batch_size = batch_size
         self.num_subnets = num_subnets

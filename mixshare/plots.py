@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
 from mixshare.analysis import normalized_share_rate, share_rate
+from mixshare.files import temporary_path
 
 __all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves", "plot_reliability",
            "run_label", "CONDITIONAL_VARIANCE_NOTE"]
@@ -38,7 +38,7 @@ def _save(fig: Figure, path):
     target = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(target))
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{os.path.basename(target)}.{uuid.uuid4().hex}.tmp")
+    tmp = temporary_path(os.path.join(folder, os.path.basename(target)))
     FigureCanvasAgg(fig)
     try:
         fig.savefig(tmp, format="png", dpi=fig.dpi)

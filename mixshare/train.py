@@ -6,10 +6,13 @@ its :class:`~mixshare.methods.MixPlan`; :func:`training_step` runs the model
 (``box_mix``, the core, ``cutmix_unmix_pool`` for MixShare, the heads), the
 weighted loss, backward and the optimiser step, with no host sync.
 
-``train(config, out_dir)`` writes ``checkpoint.pt`` (each epoch, atomically),
-``history.csv`` (and the same scalars under ``tensorboard/`` when the
-``tensorboard`` package is installed), ``metrics.json`` and the plots.
-``resume=True`` continues from the checkpoint; on CPU the resumed run ends
+``train(config, out_dir)`` writes ``config.json``, ``checkpoint.pt`` (each
+epoch, atomically), ``history.csv`` (and the same scalars under
+``tensorboard/`` when the ``tensorboard`` package is installed),
+``metrics.json`` and the plots, holding the folder's lock meanwhile. A folder
+that holds a run already is refused unless ``resume=True`` (continue it, after
+comparing its config: :func:`mixshare.config.check_resume`) or
+``overwrite=True`` (remove the run's files first); on CPU a resumed run ends
 with the same weights as an uninterrupted one. Under ``torchrun`` it trains
 with DistributedDataParallel (NCCL on GPU, gloo on CPU); rank 0 writes the files.
 """
@@ -21,6 +24,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from typing import Optional
 
@@ -30,7 +34,8 @@ import torch.nn.functional as F
 
 import mixshare_ops
 from mixshare import data, methods
-from mixshare.config import Config, validate
+from mixshare import files
+from mixshare.config import Config, apply, check_resume, validate
 from mixshare.evaluate import evaluate_model, final_report, history_metrics
 from mixshare.files import CHECKPOINT, ScalarLog, atomic_write_text, load_checkpoint, load_weights, \
     output_folder, save_checkpoint, write_history
@@ -38,11 +43,19 @@ from mixshare.loader import MimoLoader
 from mixshare.methods import MixPlan
 from mixshare.models import model_from_config
 from mixshare.optim import make_optimizer, make_scheduler
-from mixshare.runtime import resolve_device, setup_distributed
+from mixshare.runtime import launch_rank, resolve_device, setup_distributed
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The training loss or the test NLL became NaN (the loss also infinite); the last good checkpoint is kept."""
+
+
+class RunExists(ValueError):
+    """The output folder holds a run, and neither resume nor overwrite was asked for."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); ``str()`` says which checkpoint is kept."""
 
 
 # ----------------------------------------------------------------- a step
@@ -89,20 +102,64 @@ def training_step(
 # ---------------------------------------------------------------- training
 
 
-def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: Optional[int] = None) -> dict:
+def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: Optional[int] = None, *,
+          overwrite: bool = False, allow_change=()) -> dict:
     """Trains, evaluates and analyses; returns the final metrics.
 
-    ``stop_after_epoch`` ends the run early after that epoch (as if killed),
-    leaving a checkpoint to resume from. A run that fails before writing
-    anything leaves no output folder behind (see :func:`mixshare.files.output_folder`).
+    ``resume``: continue the run in ``out_dir`` from its checkpoint, refused when its config differs
+    from ``config`` on a key that defines the experiment, but those named in ``allow_change``
+    (:func:`mixshare.config.check_resume`); without a checkpoint it says so on stderr and starts a new
+    run. ``overwrite``: remove the run files already in ``out_dir`` (:data:`mixshare.files.RUN_FILES`,
+    nothing else) and start anew. Without either, a folder holding a run raises :class:`RunExists`.
+    ``stop_after_epoch`` ends the run early after that epoch (as if killed), leaving a checkpoint to
+    resume from. A run that fails before writing anything leaves no output folder behind (see
+    :func:`mixshare.files.output_folder`). Ctrl-C raises :class:`RunInterrupted`.
     """
     validate(config)
-    with output_folder(out_dir), contextlib.closing(ScalarLog(out_dir)) as scalars:
-        return _train(config, out_dir, resume, stop_after_epoch, scalars)
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    device = resolve_device(config.device)
+    main = launch_rank() == 0
+    with output_folder(out_dir, lock=main), contextlib.closing(ScalarLog(out_dir)) as scalars:
+        return _train(config, out_dir, device, _previous_run(config, out_dir, resume, overwrite, allow_change, main),
+                      stop_after_epoch, scalars)
 
 
-def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optional[int], scalars: ScalarLog) -> dict:
-    ddp, device = setup_distributed(resolve_device(config.device))
+def _previous_run(config: Config, out_dir: str, resume: bool, overwrite: bool, allow_change, main: bool):
+    """The checkpoint state to resume from (on the CPU), or None for a new run; see :func:`train`."""
+    ckpt_path = os.path.join(out_dir, CHECKPOINT)
+    records = files.run_records(out_dir)
+    if resume and os.path.isfile(ckpt_path):
+        state = load_checkpoint(ckpt_path)
+        check_resume(apply(Config(), state["config"], ckpt_path), config, allow_change, ckpt_path)
+        if int(state["epoch"]) > config.epochs:
+            raise ValueError(f"{ckpt_path} is at epoch {int(state['epoch'])}, past epochs = {config.epochs}: "
+                             f"a resumed run cannot end before its checkpoint")
+        return state
+    if records and not overwrite:
+        finished = files.METRICS in records
+        raise RunExists(
+            f"{out_dir} holds {'a finished' if finished else 'an unfinished'} run ({', '.join(records)})"
+            + ("" if not resume else " but no checkpoint to resume")
+            + "; pass --overwrite to replace it" + ("" if resume else ", --resume to continue it")
+            + ", or choose another --out")
+    if resume and main:
+        print(f"mixshare: no checkpoint in {out_dir} to resume: starting a new run", file=sys.stderr, flush=True)
+    if records and main:
+        files.remove_run(out_dir)
+    return None
+
+
+def _kept(ckpt_path: str, saved_epoch: int, what: str = "checkpoint") -> str:
+    """What a stopped run leaves to resume from."""
+    if saved_epoch:
+        return f"the {what} of epoch {saved_epoch} is kept at {ckpt_path}"
+    return "no checkpoint was written yet"
+
+
+def _train(config: Config, out_dir: str, device: torch.device, state: Optional[dict],
+           stop_after_epoch: Optional[int], scalars: ScalarLog) -> dict:
+    ddp, device = setup_distributed(device)
     on_gpu = device.type == "cuda"
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
 
@@ -131,8 +188,7 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
     history: list[dict] = []
     start_epoch = 0
 
-    if resume and os.path.isfile(ckpt_path):
-        state = load_checkpoint(ckpt_path, map_location=device)
+    if state is not None:
         load_weights(model, state["model"], ckpt_path)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -145,70 +201,87 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         history = list(state["history"])
         start_epoch = int(state["epoch"])
-
-    scalars.purge_step = start_epoch + 1 if start_epoch else None  # a resumed run replaces later events
-    for epoch in range(start_epoch, config.epochs):
-        net.train()
-        started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        seen = 0
-        batches = _progress(loader, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress and ddp.main)
-        for images, labels in batches:
-            plan = methods.sample_plan(config, labels.shape[1], grid, epoch, loader.sample_generator, host_rng,
-                                       model.num_features, scale=model.mixing_scale)
-            loss, logits = training_step(net, images, labels, plan, optimizer, bf16=on_gpu and config.bf16)
-            scheduler.step()
-            loss_sum += loss
-            correct += (logits.argmax(-1) == labels).sum()
-            seen += labels.numel()
-        # One sync per epoch.
-        stats = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
-        if ddp.enabled:
-            dist.all_reduce(stats)
-        loss_total, correct_total, seen_total = stats.tolist()
-        train_loss = loss_total / (steps * ddp.world_size)
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(
-                f"training loss became {train_loss} in epoch {epoch + 1}; stopping. The last good checkpoint "
-                f"(after epoch {epoch}) is kept at {ckpt_path}. Try a lower lr or disabling bf16."
-            )
-        test = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
-        row = {
-            "epoch": epoch + 1,
-            "lr": optimizer.param_groups[0]["lr"],
-            "train_loss": train_loss,
-            "train_accuracy": 100.0 * correct_total / max(seen_total, 1),
-            **history_metrics(test),
-            "seconds": time.perf_counter() - started,
-        }
-        history.append(row)
-        if ddp.main:
-            save_checkpoint(
-                ckpt_path,
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "loader": loader.state_dict(),
-                    "host_rng": list(_listify(host_rng.getstate())),
-                    "torch_rng": torch.get_rng_state(),
-                    **({"cuda_rng": torch.cuda.get_rng_state(device)} if on_gpu else {}),
-                    "history": history,
-                    "epoch": epoch + 1,
-                    "config": config.to_dict(),
-                    "num_classes": dataset.num_classes,
-                },
-            )
-            write_history(os.path.join(out_dir, "history.csv"), history)
-            scalars.write(row)
-        if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
-            return {}
-
-    report = final_report(model, dataset, config, history, out_dir if ddp.main else None)
+        state = None  # the weights now live in the model and optimiser
     if ddp.main:
-        atomic_write_text(os.path.join(out_dir, "metrics.json"), json.dumps(report, indent=2) + "\n")
-    return report
+        atomic_write_text(os.path.join(out_dir, files.RUN_CONFIG), json.dumps(config.to_dict(), indent=2) + "\n")
+
+    saved_epoch = start_epoch
+    scalars.purge_step = start_epoch + 1 if start_epoch else None  # a resumed run replaces later events
+    try:
+        for epoch in range(start_epoch, config.epochs):
+            net.train()
+            started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), device=device)
+            seen = 0
+            batches = _progress(loader, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress and ddp.main)
+            for images, labels in batches:
+                plan = methods.sample_plan(config, labels.shape[1], grid, epoch, loader.sample_generator, host_rng,
+                                           model.num_features, scale=model.mixing_scale)
+                loss, logits = training_step(net, images, labels, plan, optimizer, bf16=on_gpu and config.bf16)
+                scheduler.step()
+                loss_sum += loss
+                correct += (logits.argmax(-1) == labels).sum()
+                seen += labels.numel()
+            # One sync per epoch.
+            stats = torch.stack([loss_sum, correct, torch.tensor(float(seen), device=device)])
+            if ddp.enabled:
+                dist.all_reduce(stats)
+            loss_total, correct_total, seen_total = stats.tolist()
+            train_loss = loss_total / (steps * ddp.world_size)
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(
+                    f"training loss became {train_loss} in epoch {epoch + 1}; stopping: "
+                    f"{_kept(ckpt_path, saved_epoch, 'last good checkpoint')}. Try a lower lr or disabling bf16."
+                )
+            test = evaluate_model(model, dataset.test_images, dataset.test_labels, config)
+            _check_test_nll(test["nll"], f"in epoch {epoch + 1}", ckpt_path, saved_epoch)
+            row = {
+                "epoch": epoch + 1,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": train_loss,
+                "train_accuracy": 100.0 * correct_total / max(seen_total, 1),
+                **history_metrics(test),
+                "seconds": time.perf_counter() - started,
+            }
+            history.append(row)
+            if ddp.main:
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "loader": loader.state_dict(),
+                        "host_rng": list(_listify(host_rng.getstate())),
+                        "torch_rng": torch.get_rng_state(),
+                        **({"cuda_rng": torch.cuda.get_rng_state(device)} if on_gpu else {}),
+                        "history": history,
+                        "epoch": epoch + 1,
+                        "config": config.to_dict(),
+                        "num_classes": dataset.num_classes,
+                    },
+                )
+                write_history(os.path.join(out_dir, files.HISTORY), history)
+                scalars.write(row)
+            saved_epoch = epoch + 1
+            if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
+                return {}
+
+        report = final_report(model, dataset, config, history, out_dir if ddp.main else None)
+        _check_test_nll(report["nll"], "after the last epoch", ckpt_path, saved_epoch)
+        if ddp.main:
+            atomic_write_text(os.path.join(out_dir, files.METRICS), json.dumps(report, indent=2) + "\n")
+        return report
+    except KeyboardInterrupt:
+        raise RunInterrupted(f"interrupted; {_kept(ckpt_path, saved_epoch)}") from None
+
+
+def _check_test_nll(nll: float, when: str, ckpt_path: str, saved_epoch: int) -> None:
+    """Raises TrainingDiverged when the test NLL is NaN: the model's predictions are not finite."""
+    if math.isnan(nll):
+        raise TrainingDiverged(f"the test NLL became nan {when} (the model's outputs are not finite); stopping: "
+                               f"{_kept(ckpt_path, saved_epoch, 'last good checkpoint')}. Try a lower lr or disabling bf16.")
 
 
 def _progress(iterable, total, desc, enabled):

@@ -29,7 +29,9 @@ BAD_VALUES = [
     ("lr", float("inf"), "> 0"),
     ("momentum", 1.0, "in [0, 1)"),
     ("l2", -1e-4, ">= 0"),
-    ("lr_decay", 0.0, "> 0"),
+    ("lr_decay", 0.0, "in (0, 1]"),
+    ("lr_decay", 1e300, "in (0, 1]"),  # a factor past 1 grows the lr (1e300 overflowed the scheduler)
+    ("synthetic_size", 2, ">= 4"),  # the CNNs' stride-2 stages cannot run below 4 pixels
     ("alpha", 0.0, "> 0"),
     ("cut_prob", 1.5, "in [0, 1]"),
     ("fade_fraction", 2.0, "in [0, 1]"),
@@ -105,7 +107,7 @@ def test_resume_from_another_model_fails_in_one_line(trained, tmp_path, capsys):
     out.mkdir()
     (out / files.CHECKPOINT).write_bytes((trained / files.CHECKPOINT).read_bytes())
     _fails_cleanly(["train", "--method", "cut-mixmo", "--out", str(out), "--resume", *TINY_ARGS,
-                    "model=wrn-10-2"], capsys, "holds weights of another model")
+                    "model=wrn-10-2"], capsys, "trained with another config", "model: 'wrn-10-1' there, 'wrn-10-2' now")
     assert sorted(os.listdir(out)) == [files.CHECKPOINT]  # the folder existed: kept, checkpoint untouched
 
 
@@ -113,19 +115,22 @@ def test_stale_temporaries_are_removed_at_start(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     dead = 2**22 + 12345  # above the default pid_max: no such process
-    stale = out / f"checkpoint.pt.tmp{dead}"
+    stale = out / f".checkpoint.pt.{dead}.mixshare-tmp"
     stale.write_bytes(b"half a checkpoint")
-    live = out / f"metrics.json.tmp{os.getpid()}"  # a write of a live process is left alone
+    live = out / f".metrics.json.{os.getpid()}.mixshare-tmp"  # a write of a live process is left alone
     live.write_bytes(b"{")
+    users = [out / f"notes.tmp{dead}", out / f"data.{dead}.tmp", out / f"x.{dead}.mixshare-tmp"]  # not ours
+    for path in users:
+        path.write_text("a user's file")
     assert files.remove_stale_temporaries(str(out)) == [stale.name]
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and all(path.exists() for path in users)
 
 
 def test_atomic_write_leaves_no_temporary_on_failure(tmp_path):
     target = tmp_path / "missing" / "x.json"
     with pytest.raises(OSError):
         files.atomic_write_text(str(target), "{}")
-    assert not list(tmp_path.rglob("*.tmp*"))
+    assert not list(tmp_path.rglob("*mixshare-tmp*"))
 
 
 def test_failed_run_leaves_no_empty_folder(tmp_path):
