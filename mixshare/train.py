@@ -262,9 +262,10 @@ def _train(config: Config, out_dir: str, device: torch.device, state: Optional[d
                         "num_classes": dataset.num_classes,
                     },
                 )
+            saved_epoch = epoch + 1
+            if ddp.main:
                 write_history(os.path.join(out_dir, files.HISTORY), history)
                 scalars.write(row)
-            saved_epoch = epoch + 1
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
                 return {}
 
