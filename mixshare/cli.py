@@ -167,6 +167,15 @@ def comparison_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _run_json(path: str):
+    """The JSON content of a run's file, or ValueError saying how to replace the run."""
+    with open(path) as fh:
+        try:
+            return json.load(fh)
+        except ValueError:
+            raise ValueError(f"{path} is not readable JSON; pass --rerun to retrain the run") from None
+
+
 def _saved_config(run_dir: str):
     """The config of the run in ``run_dir`` (its config.json, else its checkpoint's), or None when the
     folder holds no run."""
@@ -174,13 +183,9 @@ def _saved_config(run_dir: str):
 
     path = os.path.join(run_dir, files.RUN_CONFIG)
     if os.path.isfile(path):
-        with open(path) as fh:
-            try:
-                values = json.load(fh)
-            except ValueError:
-                raise ValueError(f"{path} is not a JSON config; pass --rerun to retrain the run") from None
+        values = _run_json(path)
         if not isinstance(values, dict):
-            raise ValueError(f"{path} is not a JSON config; pass --rerun to retrain the run")
+            raise ValueError(f"{path} is not a JSON mapping of config keys; pass --rerun to retrain the run")
         return cfg.apply(cfg.Config(), values, path)
     checkpoint = os.path.join(run_dir, files.CHECKPOINT)
     if os.path.isfile(checkpoint):
@@ -208,11 +213,7 @@ def compare_run(config: cfg.Config, run_dir: str, rerun: bool = False) -> dict:
                                   f"pass --rerun to retrain it, or choose another --out")
         metrics_path = os.path.join(run_dir, files.METRICS)
         if os.path.isfile(metrics_path):
-            with open(metrics_path) as fh:
-                try:
-                    return json.load(fh)
-                except ValueError:
-                    raise ValueError(f"{metrics_path} is not JSON; pass --rerun to retrain the run") from None
+            return _run_json(metrics_path)
     print(f"== {config.method}, seed {config.seed}: {config.model} on {config.dataset}, {config.epochs} epochs",
           flush=True)
     return train(config, run_dir, resume=os.path.isfile(os.path.join(run_dir, files.CHECKPOINT)))

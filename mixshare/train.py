@@ -118,11 +118,20 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
     validate(config)
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other: continue the run, or replace it")
+    if allow_change and not resume:
+        raise ValueError(f"allow_change ({' '.join(allow_change)}) applies to a resumed run: pass --resume")
     device = resolve_device(config.device)
     main = launch_rank() == 0
     with output_folder(out_dir, lock=main), contextlib.closing(ScalarLog(out_dir)) as scalars:
-        return _train(config, out_dir, device, _previous_run(config, out_dir, resume, overwrite, allow_change, main),
-                      stop_after_epoch, scalars)
+        try:
+            return _train(config, out_dir, device, _previous_run(config, out_dir, resume, overwrite, allow_change, main),
+                          stop_after_epoch, scalars)
+        except RunInterrupted:
+            raise
+        except KeyboardInterrupt:  # while the run was set up: nothing written yet
+            kept = "the checkpoint is as it was" if os.path.isfile(os.path.join(out_dir, CHECKPOINT)) else \
+                "nothing was written"
+            raise RunInterrupted(f"interrupted before training started; {kept}") from None
 
 
 def _previous_run(config: Config, out_dir: str, resume: bool, overwrite: bool, allow_change, main: bool):
