@@ -22,7 +22,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 from mixshare.analysis import normalized_share_rate, share_rate
 
 __all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves", "plot_reliability",
-           "run_label", "CONDITIONAL_VARIANCE_NOTE"]
+           "plot_comparison", "run_label", "CONDITIONAL_VARIANCE_NOTE"]
 
 _SUBNET_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 _OVERLAP_COLOR = "tab:orange"
@@ -382,4 +382,53 @@ def plot_reliability(bins: dict, path, title: Optional[str] = None, scaled: Opti
     hist.set_xlabel(f"confidence (max probability, {n_bins} bins)")
     hist.set_ylabel("fraction")
     ax.set_title(_wrap(title or "reliability diagram", 5.2, points=10.0), fontsize="medium")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- comparison across methods
+
+# (report key, axis label, factor): what compare's figure shows, in the units of its table
+COMPARISON_PANELS = (
+    ("ensemble_accuracy", "ensemble accuracy (%)", 1.0),
+    ("nll", "test NLL (nats)", 1.0),
+    ("ece", "test ECE (%)", 100.0),
+    ("classifier_share_rate", "classifier share rate (%)", 1.0),
+    ("encoder_share_rate", "encoder share rate (%)", 1.0),
+)
+
+
+def plot_comparison(results: dict, path, title: Optional[str] = None):
+    """Methods side by side, one panel per metric of :data:`COMPARISON_PANELS`:
+    one point per run (seed), a bar at the mean of each method.
+
+    ``results``: ``{method: [report, ...]}`` as ``mixshare compare`` collects
+    them (each report a ``metrics.json`` dict); a missing or None value is
+    left out (a panel with no value says so).
+    """
+    if not results or not all(isinstance(runs, (list, tuple)) and runs for runs in results.values()):
+        raise ValueError("results must map each method to a non-empty list of reports")
+    methods = list(results)
+    width = max(8.0, 2.3 * len(COMPARISON_PANELS))
+    fig = Figure(figsize=(width, 3.6 + 0.15 * max(len(m) for m in methods) / 4), dpi=100, layout="constrained")
+    for p, (key, label, factor) in enumerate(COMPARISON_PANELS):
+        ax = fig.add_subplot(1, len(COMPARISON_PANELS), p + 1)
+        drawn = False
+        for i, method in enumerate(methods):
+            values = [float(r[key]) * factor for r in results[method]
+                      if r.get(key) is not None and math.isfinite(float(r[key]))]
+            if not values:
+                continue
+            drawn = True
+            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(i + offsets, values, s=16, color=_color(i), zorder=3)
+            ax.hlines(float(np.mean(values)), i - 0.3, i + 0.3, color=_color(i), linewidth=2.0)
+        if not drawn:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=90, fontsize="small")
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(_wrap(title, width))
     return _save(fig, path)
