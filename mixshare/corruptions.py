@@ -609,8 +609,8 @@ def _affine_matrices(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
 
 
 def _warp_affine(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
-    """``cv2.warpAffine(x, M, borderMode=BORDER_REFLECT_101)`` per image (bilinear, source points
-    rounded to 1/32 pixel as OpenCV's fixed point does). ``matrices [N, 2, 3]`` map source to destination."""
+    """``cv2.warpAffine(x, M, borderMode=BORDER_REFLECT_101)`` per image (bilinear on float images).
+    ``matrices [N, 2, 3]`` map source to destination points (x, y)."""
     n, _, h, w = x.shape
     lin, off = matrices[:, :, :2], matrices[:, :, 2:]
     inv = torch.linalg.inv(lin)
@@ -619,7 +619,6 @@ def _warp_affine(x: torch.Tensor, matrices: torch.Tensor) -> torch.Tensor:
                             torch.arange(w, dtype=torch.float64, device=x.device), indexing="ij")
     pts = torch.stack([xx.flatten(), yy.flatten()], 0)  # [2, HW]
     src = inv @ pts + inv_off  # [N, 2, HW]
-    src = torch.floor(src * 32 + 0.5) / 32
     return _sample_bilinear(x, src[:, 1].view(n, h, w), src[:, 0].view(n, h, w), _reflect101)
 
 
