@@ -150,7 +150,7 @@ def _train(config: Config, out_dir: str, resume: bool, stop_after_epoch: Optiona
     )
     steps = len(loader)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, steps)
+    scheduler = make_scheduler(optimizer, config, steps, dataset.num_train)
     # The plans' draws: per sample on the loader's sample generator, per batch on the host.
     host_rng = random.Random(config.seed + 3 + 1000 * ddp.rank)
     image_size = tuple(dataset.train_images.shape[-2:])
