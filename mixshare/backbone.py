@@ -15,6 +15,10 @@ and the heads) work on it unchanged. Two ways to build one::
     # from a torchvision- or timm-style CNN whose forward runs its children in order
     model = MimoBackbone.from_cnn(lambda: torchvision.models.resnet18(num_classes=10),
                                   encoder="conv1", pool="avgpool", head="fc")
+
+The M encoders and heads must be separate: parts that are one module object or share a
+parameter or buffer are refused (the "ensemble" would be one network), and ``num_features``
+is checked against the core's output on the first :meth:`MimoBackbone.mixing_grid` probe.
 """
 
 from __future__ import annotations
@@ -137,8 +141,9 @@ class MimoBackbone(MimoCNN):
     ) -> "MimoBackbone":
         """From a CNN whose ``forward`` runs its children in order (torchvision's and timm's ResNets).
 
-        ``make_model()`` builds the CNN (called M times: each subnetwork's encoder and head are
-        its own draw; the core is the first model's). Children up to and including ``encoder``
+        ``make_model()`` builds a new CNN on each call (called M times: each subnetwork's encoder
+        and head are its own draw; the core is the first model's; one instance returned twice is
+        refused). Children up to and including ``encoder``
         form the encoder, those after it and before ``pool`` the shared core; ``pool`` (global
         pooling) is replaced by the MIMO pooling and ``head`` (an ``nn.Linear``, right after
         ``pool``) is copied per subnetwork. torchvision ResNet-18: ``encoder="conv1"``,

@@ -4,9 +4,11 @@
 grid, loss weights and, for MixShare, the :class:`UnmixPlan`) on the device,
 with no host sync, from the config (the method's fields, filled by a preset of
 :mod:`mixshare.config`) and the training progress; :func:`draw_plan` does the
-same from a method's name and a model. Nothing changes a plan once it is
-built; ``box_mix``, ``cutmix_unmix(_pool)`` and ``mixshare.train.mimo_loss``
-take it as it is.
+same from a method's name and a model, its settings validated as a config
+file's, drawing from the default generators unless given others. A plan is
+immutable (:mod:`mixshare_ops.plan`); ``box_mix``, ``cutmix_unmix(_pool)``
+and ``mixshare.train.mimo_loss`` take it as it is and refuse one changed in
+place since.
 
 The fadeout ratio on its way from the config to the kernel:
 ``Config.fade_epochs`` / ``fade_fraction`` -> :func:`unmix_ratio` (this
@@ -73,7 +75,9 @@ def loss_weights(ratios: torch.Tensor, root: float) -> torch.Tensor:
     """
     if isinstance(root, bool) or not isinstance(root, (int, float)) or not (0 < root < math.inf):
         raise ValueError(f"root must be a finite float > 0, got {root!r}")
-    return ratios.shape[1] * torch.softmax(ratios.clamp_min(0).log() / root, dim=1)
+    logs = ratios.clamp_min(0).log() / root
+    powers = (logs - logs.amax(dim=1, keepdim=True)).exp()  # r_i^(1/root) / max_j r_j^(1/root): the largest is 1
+    return ratios.shape[1] * powers / powers.sum(dim=1, keepdim=True)
 
 
 def sample_plan(
@@ -192,7 +196,24 @@ def _check_model(model) -> int:
 
 def _method_config(method: str, model, epochs, settings: dict) -> Config:
     """The config of ``method`` with ``settings`` for ``model``, validated as a config file's
-    (:func:`mixshare.config.validate`); errors name the call."""
+    (:func:`mixshare.config.validate`); errors name the call. Cached per arguments (a loop draws
+    with the same ones every batch); the config is never changed after."""
+    try:
+        key = (method, isinstance(model, MimoViT), model.num_subnets, epochs, tuple(sorted(settings.items())))
+        hash(key)
+    except TypeError:  # an unhashable setting (e.g. a list): built each time
+        return _build_method_config(method, model, epochs, settings)
+    if key not in _CONFIGS:
+        if len(_CONFIGS) >= 64:
+            _CONFIGS.clear()
+        _CONFIGS[key] = _build_method_config(method, model, epochs, settings)
+    return _CONFIGS[key]
+
+
+_CONFIGS: dict = {}
+
+
+def _build_method_config(method: str, model, epochs, settings: dict) -> Config:
     source = f"draw_plan({method!r})"
     try:
         # The model's family stands for the model name a config file would give.

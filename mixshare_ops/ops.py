@@ -15,7 +15,9 @@ no operator can: the Python types of the arguments (the operator schemas take
 rule), that every tensor argument is on the device the backend was chosen
 for, and the arguments that exist in the public API only (``box_size``,
 ``channels=None``, ``dtype``, ``sample_cutmix_boxes``' ``batch`` and
-``alpha``, ``cutmix_mix``'s ``x0`` and ``x1``).
+``alpha``, ``cutmix_mix``'s ``x0`` and ``x1``) and, given ``plan=``, that the
+plan is unchanged since it was built and fits the input (batch, device, M,
+grid): see :func:`_from_plan`.
 """
 
 from __future__ import annotations
