@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import operator
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -109,10 +110,14 @@ class MimoBackbone(MimoCNN):
             raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
         if not isinstance(core, nn.Module):
             raise TypeError(f"core must be an nn.Module, got {type(core).__name__}")
-        if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
+        try:
+            features = None if isinstance(num_features, bool) else operator.index(num_features)
+        except TypeError:
+            features = None
+        if features is None or features < 1:
             raise ValueError(f"num_features must be an int >= 1 (the core's output channels), got {num_features!r}")
         self.num_subnets = num_subnets
-        self.num_features = num_features
+        self.num_features = features
         encoders = _instances(encoder, num_subnets, "encoder")
         heads = _instances(head, num_subnets, "head")
         _check_separate([(f"encoder {i}", e) for i, e in enumerate(encoders)] + [("the core", core)]
