@@ -75,9 +75,7 @@ def loss_weights(ratios: torch.Tensor, root: float) -> torch.Tensor:
     """
     if isinstance(root, bool) or not isinstance(root, (int, float)) or not (0 < root < math.inf):
         raise ValueError(f"root must be a finite float > 0, got {root!r}")
-    logs = ratios.clamp_min(0).log() / root
-    powers = (logs - logs.amax(dim=1, keepdim=True)).exp()  # r_i^(1/root) / max_j r_j^(1/root): the largest is 1
-    return ratios.shape[1] * powers / powers.sum(dim=1, keepdim=True)
+    return ratios.shape[1] * torch.softmax(ratios.clamp_min(0).log() / root, dim=1)
 
 
 def sample_plan(
