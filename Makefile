@@ -8,10 +8,10 @@
 # The Python environment: $(PYTHON)'s own when it already is a virtual
 # environment (e.g. a GPU machine's, with its CUDA torch), else .venv, created
 # seeing the system's packages. torch is installed only if none is importable
-# (torch==2.13.0: a CPU wheel on the CPU machines), then the other requirements;
-# then the C++ (and,
-# with a GPU, CUDA) extension is built in place and pytest runs. pip fetches
-# nothing for requirements already satisfied.
+# (torch==2.13.0: a CPU wheel on the CPU machines), then requirements.txt (what
+# the package and the demo use) and, for tests and benchmarks only,
+# requirements-dev.txt; then the C++ (and, with a GPU, CUDA) extension is built
+# in place. pip fetches nothing for requirements already satisfied.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -41,13 +41,19 @@ DEMO_ARGS ?= --dataset digits --model wrn-10-1 --epochs 15 --seeds $(DEMO_SEEDS)
 
 .PHONY: setup build test test-fast demo bench gpu-check clean
 
-$(STAMPS)/.deps: requirements-dev.txt
+# Run-time requirements (what the demo uses) and, for tests and benchmarks,
+# the development ones on top.
+$(STAMPS)/.runtime-deps: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)"
-	$(PY) -m pip install -r requirements-dev.txt
+	$(PY) -m pip install -r requirements.txt
 	mkdir -p $(STAMPS) && touch $@
 
-$(STAMPS)/.installed: $(STAMPS)/.deps setup.py pyproject.toml
+$(STAMPS)/.dev-deps: $(STAMPS)/.runtime-deps requirements-dev.txt
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $@
+
+$(STAMPS)/.installed: $(STAMPS)/.runtime-deps setup.py pyproject.toml requirements.txt
 	@echo "$(BUILD_MESSAGE)"
 	$(PY) -m pip install -v --no-build-isolation --no-deps -e .
 	touch $@
@@ -58,9 +64,11 @@ mixshare_ops/_C.so: $(STAMPS)/.installed $(CSRC)
 	if [ ! -f $@ ] || [ -n "$$(find $(CSRC) -newer $@)" ]; then echo "$(BUILD_MESSAGE)"; $(PY) setup.py -q build_ext --inplace; fi
 	touch $@
 
-setup: mixshare_ops/_C.so
-
+# build: the package and its kernels with the run-time requirements only;
+# setup: the development requirements too.
 build: mixshare_ops/_C.so
+
+setup: build $(STAMPS)/.dev-deps
 
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -69,7 +77,7 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-demo: setup
+demo: build
 	$(BIN)mixshare compare --methods single cut-mixmo unmix-align mixshare-fadeout --out $(DEMO_OUT) $(DEMO_ARGS)
 	@echo "plots and metrics: $(DEMO_OUT)/<method>/seed<k>/; table: $(DEMO_OUT)/compare.md"
 

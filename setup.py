@@ -112,6 +112,13 @@ class BuildPyWithSources(build_py):
                 shutil.copyfile(source, dest)
 
 
+def runtime_requirements() -> list[str]:
+    """The package names of requirements.txt (one list for pip, make and this file)."""
+    with open(os.path.join(HERE, "requirements.txt")) as fh:
+        return [line.split("#", 1)[0].strip() for line in fh if line.split("#", 1)[0].strip()]
+
+
+RUNTIME_REQUIREMENTS = runtime_requirements()
 cmdclass = {"build_py": BuildPyWithSources}
 options = {}
 if torch is not None:
@@ -127,7 +134,7 @@ setup(
     # torch is not listed: it is installed first (a CPU or a CUDA build, as
     # wanted), the extension is compiled against it, and declaring it here
     # could let pip replace it. ninja compiles the kernels on first use.
-    install_requires=["numpy", "matplotlib", "tqdm", "PyYAML", "scikit-learn", "ninja"],
+    install_requires=RUNTIME_REQUIREMENTS,
     extras_require={"triton": ["triton"]},
     entry_points={"console_scripts": ["mixshare=mixshare.cli:main"]},
     ext_modules=extensions(),

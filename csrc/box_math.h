@@ -67,8 +67,11 @@ MIXSHARE_HOST_DEVICE int64_t uniform_to_index(T u, int64_t size) {
 // c = floor(u * size), [clip(c - cut // 2), clip(c + cut // 2)).
 // The cut size is computed in double whatever T is, as the official MixMo code
 // does in numpy float64: lam (exact in double) clamped into [0, 1] (NaN -> 0),
-// then trunc(double(size) * sqrt(lam)). Both operations are correctly rounded
-// (host and device), so the cut equals Python's int(size * math.sqrt(lam)).
+// then trunc(double(size) * sqrt(lam)). Both operations are correctly rounded:
+// IEEE 754 requires it of sqrt, which compiles to sqrtsd / vsqrtpd on x86
+// hosts and to sqrt.rn.f64 in device code (the build uses no fast-math flag),
+// so the cut equals Python's int(size * math.sqrt(lam)). The reference backend
+// cannot rely on torch.sqrt the same way (see reference.sqrt_rn).
 // The centre is computed in T.
 template <typename T>
 MIXSHARE_HOST_DEVICE Box cutmix_box(T lam, T center_row, T center_col, int64_t height, int64_t width) {

@@ -15,12 +15,17 @@ and the heads) work on it unchanged. Two ways to build one::
     # from a torchvision- or timm-style CNN whose forward runs its children in order
     model = MimoBackbone.from_cnn(lambda: torchvision.models.resnet18(num_classes=10),
                                   encoder="conv1", pool="avgpool", head="fc")
+
+The M encoders and heads must be separate: parts that are one module object or share a
+parameter or buffer are refused (the "ensemble" would be one network), and ``num_features``
+is checked against the core's output on the first :meth:`MimoBackbone.mixing_grid` probe.
 """
 
 from __future__ import annotations
 
 import collections
 import copy
+import operator
 from typing import Callable, Optional, Sequence, Union
 
 import torch
@@ -47,6 +52,28 @@ def _instances(part: ModuleOrFactory, count: int, name: str) -> list[nn.Module]:
         if not isinstance(module, nn.Module):
             raise TypeError(f"{name}() must return an nn.Module, got {type(module).__name__}")
     return modules
+
+
+def _check_separate(parts: list[tuple[str, nn.Module]]) -> None:
+    """Refuses parts (the M encoders, the core, the M heads) that are one module object or share a
+    parameter or buffer (the same tensor, or overlapping memory): the M subnetworks would be one network."""
+    seen: dict = {}  # storage -> [(first element, end, part, tensor name)]
+    for i, (name, module) in enumerate(parts):
+        for other, earlier in parts[:i]:
+            if module is earlier:
+                raise ValueError(f"{name} and {other} are the same module object: MIMO needs M separate encoders "
+                                 f"and heads (pass M modules, a module to copy, or a function building a new one)")
+        for tensor_name, t in list(module.named_parameters()) + list(module.named_buffers()):
+            if t.numel() == 0 or t.device.type == "meta":
+                continue
+            start = t.storage_offset()
+            end = start + 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+            spans = seen.setdefault((t.device, t.untyped_storage().data_ptr()), [])
+            for first, last, part, earlier_name in spans:
+                if part != name and start < last and first < end:
+                    raise ValueError(f"{name} shares its tensor {tensor_name!r} with {part} ({earlier_name!r}): "
+                                     f"MIMO needs M separate encoders and heads")
+            spans.append((start, end, name, tensor_name))
 
 
 def _first_conv(module: nn.Module) -> Optional[nn.Conv2d]:
@@ -83,11 +110,21 @@ class MimoBackbone(MimoCNN):
             raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
         if not isinstance(core, nn.Module):
             raise TypeError(f"core must be an nn.Module, got {type(core).__name__}")
+        try:
+            features = None if isinstance(num_features, bool) else operator.index(num_features)
+        except TypeError:
+            features = None
+        if features is None or features < 1:
+            raise ValueError(f"num_features must be an int >= 1 (the core's output channels), got {num_features!r}")
         self.num_subnets = num_subnets
-        self.num_features = int(num_features)
-        self.encoders = nn.ModuleList(_instances(encoder, num_subnets, "encoder"))
+        self.num_features = features
+        encoders = _instances(encoder, num_subnets, "encoder")
+        heads = _instances(head, num_subnets, "head")
+        _check_separate([(f"encoder {i}", e) for i, e in enumerate(encoders)] + [("the core", core)]
+                        + [(f"head {i}", h) for i, h in enumerate(heads)])
+        self.encoders = nn.ModuleList(encoders)
         self.body = core
-        self.heads = nn.ModuleList(_instances(head, num_subnets, "head"))
+        self.heads = nn.ModuleList(heads)
         if in_channels is None:
             conv = _first_conv(self.encoders[0])
             if conv is None:
@@ -109,14 +146,27 @@ class MimoBackbone(MimoCNN):
     ) -> "MimoBackbone":
         """From a CNN whose ``forward`` runs its children in order (torchvision's and timm's ResNets).
 
-        ``make_model()`` builds the CNN (called M times: each subnetwork's encoder and head are
-        its own draw; the core is the first model's). Children up to and including ``encoder``
+        ``make_model()`` builds a new CNN on each call (called M times: each subnetwork's encoder
+        and head are its own draw; the core is the first model's; one instance returned twice is
+        refused). Children up to and including ``encoder``
         form the encoder, those after it and before ``pool`` the shared core; ``pool`` (global
         pooling) is replaced by the MIMO pooling and ``head`` (an ``nn.Linear``, right after
         ``pool``) is copied per subnetwork. torchvision ResNet-18: ``encoder="conv1"``,
         ``pool="avgpool"``, ``head="fc"`` (the defaults).
         """
+        if not callable(make_model) or isinstance(make_model, nn.Module):
+            raise TypeError(f"make_model must be a function building a new CNN on each call, "
+                            f"got {type(make_model).__name__}")
         models = [make_model() for _ in range(num_subnets)]
+        for i, model in enumerate(models):
+            if not isinstance(model, nn.Module):
+                raise TypeError(f"make_model() must return an nn.Module, got {type(model).__name__}")
+            first = next((j for j in range(i) if models[j] is model), None)
+            if first is not None:
+                raise ValueError(f"make_model() returned the same module object on calls {first + 1} and {i + 1}: "
+                                 f"each of the M = {num_subnets} subnetworks needs its own encoder and head, so "
+                                 f"make_model must build a new model on each call (e.g. lambda: resnet18(), "
+                                 f"not lambda: model)")
         names = [name for name, _ in models[0].named_children()]
         for part, name in (("encoder", encoder), ("pool", pool), ("head", head)):
             if name not in names:
@@ -133,6 +183,34 @@ class MimoBackbone(MimoCNN):
         encoders = [_sequence(m, names[: e + 1]) for m in models]
         core = _sequence(models[0], names[e + 1 : p])
         return cls(encoders, core, heads, num_subnets, num_features=heads[0].in_features, encoder_init=encoder_init)
+
+    def mixing_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The encoders' output size (h, w) for images of ``image_size`` (one probe per size, cached).
+
+        The probe (two zero images through encoder 0 and the core) runs in eval mode under
+        ``no_grad`` and restores every module's mode, so no buffer (BatchNorm running statistics)
+        changes; it checks that the core's final map has ``num_features`` channels.
+        """
+        cache = self.__dict__.setdefault("_grid_cache", {})
+        key = tuple(int(v) for v in image_size)
+        if key not in cache:
+            like = next(self.parameters(), None)
+            probe = torch.zeros((2, self.in_channels) + key, device=like.device if like is not None else None,
+                                dtype=like.dtype if like is not None else None)
+            modes = [(m, m.training) for m in self.modules()]
+            try:
+                self.eval()
+                with torch.no_grad():
+                    encoded = self.encoders[0](probe)
+                    final = self.body(encoded)
+            finally:
+                for module, training in modes:
+                    module.training = training
+            if final.dim() != 4 or final.shape[1] != self.num_features:
+                raise ValueError(f"num_features = {self.num_features}, but the core's final map on {key} images "
+                                 f"has shape {tuple(final.shape)}: expected [B, num_features, h, w]")
+            cache[key] = tuple(encoded.shape[-2:])
+        return cache[key]
 
     def core(self, mixed: torch.Tensor) -> torch.Tensor:
         return self.body(mixed)

@@ -456,3 +456,141 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = 
         "kl_diversity": kl_diversity(logits),
         "ratio_of_errors": ratio_of_errors(logits, labels),
     }
+
+
+# --------------------------------------------------------------------------- out-of-distribution detection
+#
+# Scores (:func:`uncertainty_scores`) are "higher = more likely out of distribution": the negated
+# maximum softmax probability, the predictive entropy, the mutual information. Detection metrics
+# (:func:`ood_detection`) take the scores of in-distribution and OOD samples:
+#
+# * ``auroc``: area under the ROC curve with OOD as the positive class (ties count 1/2; equals
+#   ``sklearn.metrics.roc_auc_score``);
+# * ``aupr_out``: average precision with OOD positive, ranked by the score; ``aupr_in``: with the
+#   in-distribution samples positive, ranked by the negated score (both as
+#   ``sklearn.metrics.average_precision_score``: sum over thresholds of recall step x precision);
+# * ``fpr95``: the fraction of OOD samples accepted as in-distribution at the strictest threshold
+#   that still accepts at least 95% of the in-distribution samples (accepted: score <= threshold).
+#
+# All are fractions in [0, 1].
+
+
+def uncertainty_scores(logits: torch.Tensor, ensemble: str = "logits") -> dict:
+    """OOD scores of ``logits [M, N, K]``, each ``[N]`` float64, higher = more likely OOD.
+
+    ``msp``: minus the ensemble's maximum probability (:func:`ensemble_probs` with ``ensemble``);
+    ``entropy``: the ensemble distribution's entropy (nats); ``mutual_information``: the entropy of
+    the mean of the M softmaxes minus the mean of their entropies (the subnetworks' disagreement,
+    >= 0; 0 for M = 1).
+    """
+    _check_logits(logits)
+    probs = ensemble_probs(logits, ensemble)
+    logp = torch.log_softmax(logits.detach().double(), dim=-1)  # [M, N, K]
+    p = logp.exp()
+    mean_p = p.mean(0)
+    entropy_of_mean = -(mean_p * mean_p.clamp_min(PROB_EPS).log()).sum(-1)
+    mean_entropy = -(p * logp).sum(-1).mean(0)
+    return {
+        "msp": -probs.max(-1).values,
+        "entropy": -(probs * probs.clamp_min(PROB_EPS).log()).sum(-1),
+        "mutual_information": (entropy_of_mean - mean_entropy).clamp_min(0.0),
+    }
+
+
+def _check_scores(scores, name: str) -> torch.Tensor:
+    if not isinstance(scores, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
+    if scores.dim() != 1 or scores.shape[0] < 1:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor [N], got shape {tuple(scores.shape)}")
+    if not scores.is_floating_point():
+        raise TypeError(f"{name} must be floating point, got {scores.dtype}")
+    s = scores.detach().double()
+    if not bool(torch.isfinite(s).all()):
+        raise ValueError(f"{name} must be finite")
+    return s
+
+
+def _average_ranks(values: torch.Tensor) -> torch.Tensor:
+    """1-based ranks of ``values [N]`` in ascending order, ties given their mean rank."""
+    uniq, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    mean_rank = ends - (counts.double() - 1) / 2
+    return mean_rank[inverse]
+
+
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve of ``scores [N]`` for the boolean ``positive [N]`` (higher score =
+    positive; ties count 1/2), as ``sklearn.metrics.roc_auc_score``. Needs both classes."""
+    s = _check_scores(scores, "scores")
+    pos = positive.to(device=s.device, dtype=torch.bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError("positive must mark at least one positive and one negative sample")
+    ranks = _average_ranks(s)
+    return ((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+
+
+def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Average precision of ``scores [N]`` for the boolean ``positive [N]``: the sum over distinct
+    thresholds (descending) of the recall gained times the precision there, as
+    ``sklearn.metrics.average_precision_score``. Needs a positive sample."""
+    s = _check_scores(scores, "scores")
+    pos = positive.to(device=s.device, dtype=torch.bool)
+    n_pos = int(pos.sum())
+    if n_pos == 0:
+        raise ValueError("positive must mark at least one positive sample")
+    order = torch.argsort(s, descending=True, stable=True)
+    s_sorted, hits = s[order], pos[order].double()
+    tp = hits.cumsum(0)
+    fp = (1 - hits).cumsum(0)
+    last = torch.ones_like(s_sorted, dtype=torch.bool)
+    last[:-1] = s_sorted[1:] != s_sorted[:-1]  # the last sample of each distinct score
+    tp, fp = tp[last], fp[last]
+    precision = tp / (tp + fp)
+    recall = tp / n_pos
+    gained = torch.diff(recall, prepend=recall.new_zeros(1))
+    return (gained * precision).sum().item()
+
+
+def fpr_at_tpr(scores_in: torch.Tensor, scores_out: torch.Tensor, tpr: float = 0.95) -> float:
+    """The fraction of OOD samples accepted (score <= t) at the smallest threshold t that accepts at
+    least ``tpr`` of the in-distribution samples (scores higher = more likely OOD)."""
+    s_in, s_out = _check_scores(scores_in, "scores_in"), _check_scores(scores_out, "scores_out")
+    if not 0.0 < float(tpr) <= 1.0:
+        raise ValueError(f"tpr must lie in (0, 1], got {tpr}")
+    n = s_in.shape[0]
+    k = math.ceil(round(float(tpr) * n, 9))  # accept at least k in-distribution samples
+    threshold = torch.sort(s_in).values[k - 1]
+    return (s_out.to(s_in.device) <= threshold).double().mean().item()
+
+
+def ood_detection(scores_in: torch.Tensor, scores_out: torch.Tensor) -> dict:
+    """``auroc``, ``aupr_in``, ``aupr_out``, ``fpr95`` (fractions) of OOD scores (higher = more OOD)
+    of in-distribution ``[N_in]`` and OOD ``[N_out]`` samples."""
+    s_in, s_out = _check_scores(scores_in, "scores_in"), _check_scores(scores_out, "scores_out")
+    scores = torch.cat([s_in, s_out.to(s_in.device)])
+    is_out = torch.cat([torch.zeros_like(s_in, dtype=torch.bool), torch.ones_like(s_out, dtype=torch.bool)])
+    return {
+        "auroc": auroc(scores, is_out),
+        "aupr_in": average_precision(-scores, ~is_out),
+        "aupr_out": average_precision(scores, is_out),
+        "fpr95": fpr_at_tpr(s_in, s_out, 0.95),
+    }
+
+
+def ood_metrics(logits_in: torch.Tensor, logits_out: torch.Tensor, ensemble: str = "logits") -> dict:
+    """:func:`ood_detection` for each score of :func:`uncertainty_scores`: ``{score: {metric: value}}``,
+    from ``logits_in [M, N_in, K]`` (in-distribution test set) and ``logits_out [M, N_out, K]``."""
+    _check_logits(logits_in, "logits_in")
+    _check_logits(logits_out, "logits_out")
+    if logits_in.shape[0] != logits_out.shape[0] or logits_in.shape[2] != logits_out.shape[2]:
+        raise ValueError(f"logits_in and logits_out must share M and K, got shapes {tuple(logits_in.shape)} "
+                         f"and {tuple(logits_out.shape)}")
+    s_in, s_out = uncertainty_scores(logits_in, ensemble), uncertainty_scores(logits_out, ensemble)
+    return {name: ood_detection(s_in[name], s_out[name]) for name in s_in}
+
+
+def subnetwork_ece(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> list[float]:
+    """:func:`ece` of each subnetwork's own softmax: ``logits [M, N, K]`` -> list of M fractions."""
+    _check_logits(logits)
+    return [ece(torch.softmax(z.detach().double(), -1), labels, n_bins) for z in logits]

@@ -140,15 +140,8 @@ class MimoCNN(MimoModel):
         raise NotImplementedError
 
     def mixing_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
-        """The encoders' output size for images of ``image_size`` (one probe per size, cached)."""
-        cache = self.__dict__.setdefault("_grid_cache", {})
-        key = tuple(int(v) for v in image_size)
-        if key not in cache:
-            param = next(self.encoders[0].parameters())
-            probe = torch.zeros((1, self.in_channels) + key, device=param.device, dtype=param.dtype)
-            with torch.no_grad():
-                cache[key] = tuple(self.encoders[0](probe).shape[-2:])
-        return cache[key]
+        """The encoders' output size (h, w) for images of ``image_size``."""
+        raise NotImplementedError
 
     def stage_features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of the core's modules that hold convolutions, encodings summed (test-time mixing)."""

@@ -10,20 +10,39 @@ from mixshare.config import Config
 from mixshare.protocol import MimoModel
 
 
-def lr_factor(config: Config, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup over ``warmup_epochs``, then ``schedule``: step (x``lr_decay`` at each
-    milestone) or cosine (from 1 after the warmup to 0 at the end of training)."""
-    warmup = config.warmup_epochs * steps_per_epoch
+def warmup_steps(config: Config, num_images: int) -> int:
+    """Steps of linear warmup: ``warmup_epochs`` epochs of ``ceil(num_images / batch_size) * batch_repetition``
+    steps each, rounded down.
+
+    That epoch length is the official MixMo code's warmup period for one epoch, 782 * b for CIFAR's
+    50,000 images in batches of 64 (1,564 at b = 2, 3,128 at b = 4), slightly longer than the
+    steps a pass over the images takes here (1,562 and 3,125).
+    """
+    epoch = -(-num_images // config.batch_size) * config.batch_repetition
+    return math.floor(config.warmup_epochs * epoch + 1e-9)
+
+
+def decays_passed(config: Config, epoch: int) -> int:
+    """How many ``lr_milestones`` apply in 0-based ``epoch``: milestone fraction f lowers the lr from
+    the 1-based epoch ``f * epochs`` on (the first one at or after it), as the official MixMo
+    scheduler (stepped once at set-up) applies its milestone m from 1-based epoch m."""
+    return sum(epoch + 1 >= round(f * config.epochs, 9) for f in config.lr_milestones)
+
+
+def lr_factor(config: Config, step: int, steps_per_epoch: int, num_images: int) -> float:
+    """The lr factor of 0-based ``step`` for a training set of ``num_images`` images: linear warmup,
+    ``k / warmup_steps`` at the k-th step (counted from 1), then ``schedule``: step (x``lr_decay`` per
+    milestone passed, by whole epochs: :func:`decays_passed`) or cosine (from 1 after the warmup to 0
+    at the end of training)."""
+    warmup = warmup_steps(config, num_images)
     factor = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-    total = config.epochs * steps_per_epoch
     if config.schedule == "cosine":
         if step < warmup:
             return factor
+        total = config.epochs * steps_per_epoch
         done = (step - warmup) / max(total - warmup, 1)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
-    progress = step / total
-    passed = sum(progress >= m for m in config.lr_milestones)
-    return factor * config.lr_decay**passed
+    return factor * config.lr_decay ** decays_passed(config, step // steps_per_epoch)
 
 
 def make_optimizer(model: MimoModel, config: Config) -> torch.optim.Optimizer:
@@ -46,6 +65,7 @@ def make_optimizer(model: MimoModel, config: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr_value())
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int):
-    """:func:`lr_factor` as a per-step ``LambdaLR``."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(config, step, steps_per_epoch))
+def make_scheduler(optimizer: torch.optim.Optimizer, config: Config, steps_per_epoch: int, num_images: int):
+    """:func:`lr_factor` as a per-step ``LambdaLR`` (stepped after every optimisation step)."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(config, step, steps_per_epoch, num_images))

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from typing import Optional, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from mixshare.analysis import normalized_share_rate, share_rate
 from mixshare.files import temporary_path
 
 __all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves", "plot_reliability",
-           "run_label", "CONDITIONAL_VARIANCE_NOTE"]
+           "plot_comparison", "run_label", "CONDITIONAL_VARIANCE_NOTE"]
 
 _SUBNET_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 _OVERLAP_COLOR = "tab:orange"
@@ -52,6 +53,13 @@ def _save(fig: Figure, path):
 
 def _color(i: int) -> str:
     return _SUBNET_COLORS[i % len(_SUBNET_COLORS)]
+
+
+def _wrap(text: str, width_inches: float, points: float = 12.0) -> str:
+    """``text`` broken into lines that fit ``width_inches`` at ``points``
+    (about 0.6 em per character, so a title never runs off the figure)."""
+    chars = max(20, int(width_inches * 72.0 / (0.6 * points)))
+    return "\n".join(textwrap.fill(line, chars) for line in text.split("\n"))
 
 
 def run_label(method: Optional[str], seed: Optional[int]) -> Optional[str]:
@@ -93,7 +101,8 @@ def plot_feature_profiles(profiles, path, title: str = "feature profiles"):
     overlap = norm.min(axis=0)
     x = np.arange(f)
 
-    fig = Figure(figsize=(max(6.0, min(16.0, 0.08 * f + 4.0)), 3.6), dpi=100)
+    width = max(6.0, min(16.0, 0.08 * f + 4.0))
+    fig = Figure(figsize=(width, 3.8), dpi=100, layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     for i in range(m):
         ax.bar(x, norm[i], width=1.0, color=_color(i), alpha=0.45, linewidth=0, label=f"subnetwork {i}")
@@ -106,9 +115,8 @@ def plot_feature_profiles(profiles, path, title: str = "feature profiles"):
     def percent(value):
         return "nan" if math.isnan(value) else f"{value:.1f}%"
 
-    ax.set_title(f"{title} (share rate {percent(rate)}, normalised {percent(rate_normalized)})")
+    ax.set_title(_wrap(f"{title}\nshare rate {percent(rate)}, normalised {percent(rate_normalized)}", width))
     ax.legend(loc="upper center", fontsize="small", ncol=min(m + 1, 4), frameon=False)
-    fig.tight_layout()
     return _save(fig, path)
 
 
@@ -123,18 +131,44 @@ def _set_scale(ax, axis: str, values: np.ndarray) -> None:
         return
     if positive.size == values.size:
         setter("log")
-        # no labels on minor ticks: within less than a decade they overlap
-        (ax.xaxis if axis == "x" else ax.yaxis).set_minor_formatter(NullFormatter())
+        # labelled ticks at 1, 2 and 5 per decade (powers of 10 only over more
+        # than two decades, at most 6 of them), the limits widened past the
+        # enclosing ticks (so a range narrower than a decade still has two)
+        # by a tenth of the span (so the lowest x and y labels clear the corner)
+        lo, hi = _enclosing_125(float(positive.min()), float(positive.max()))
+        pad = (hi / lo) ** 0.1
+        (ax.set_xlim if axis == "x" else ax.set_ylim)(lo / pad, hi * pad)
+        ticks = ax.xaxis if axis == "x" else ax.yaxis
+        subs = (1.0, 2.0, 5.0) if hi / lo <= 100.0 else (1.0,)
+        ticks.set_major_locator(LogLocator(base=10.0, subs=subs, numticks=6))
+        ticks.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ticks.set_minor_locator(LogLocator(base=10.0, subs=(3.0, 4.0, 6.0, 7.0, 8.0, 9.0)))
+        ticks.set_minor_formatter("")
     else:
         setter("symlog", linthresh=float(positive.min()))
         if values.min() >= 0:  # variances: show no negative half
             (ax.set_xlim if axis == "x" else ax.set_ylim)(0, None)
 
 
+def _enclosing_125(lo: float, hi: float) -> tuple[float, float]:
+    """The largest 1-2-5 value (1, 2 or 5 times a power of 10) at most ``lo``
+    and the smallest at least ``hi``, one step further out when they meet."""
+    def steps(value):
+        decade = math.floor(math.log10(value))
+        return [m * 10.0**e for e in (decade - 1, decade, decade + 1) for m in (1.0, 2.0, 5.0)]
+
+    below = max(v for v in steps(lo) if v <= lo * (1 + 1e-12))
+    above = min(v for v in steps(hi) if v >= hi * (1 - 1e-12))
+    if below >= above:
+        below = max(v for v in steps(lo) if v < below)
+        above = min(v for v in steps(hi) if v > above)
+    return below, above
+
+
 CONDITIONAL_VARIANCE_NOTE = (
     "Each point is one channel: x = how much it varies when only input 0 changes, y = when only input 1 "
-    "changes (the other input held fixed).\nPoints along an axis respond to one input only (features private "
-    "to one subnetwork); points near the dashed diagonal respond to both (features shared by the subnetworks)."
+    "changes (the other input held fixed). Points far below the dashed diagonal respond to input 0 only, far above "
+    "it to input 1 only (features private to one subnetwork); points near it respond to both (shared features)."
 )
 
 
@@ -176,8 +210,11 @@ def plot_conditional_variance(
 
     n = len(stages)
     width = max(3.6 * n, 8.0 if note else 0.0)
-    header = (0.35 if title else 0.0) + (0.45 if note else 0.0)
-    fig = Figure(figsize=(width, 3.8 + header), dpi=100)
+    title = _wrap(title, width) if title else title
+    note = _wrap(note, width, points=7.0) if note else note
+    title_height = 0.3 + 0.22 * title.count("\n") if title else 0.0
+    note_height = 0.12 * (note.count("\n") + 1) if note else 0.0
+    fig = Figure(figsize=(width, 3.8 + title_height + note_height), dpi=100)
     for s, v in enumerate(stages):
         ax = fig.add_subplot(1, n, s + 1)
         x, y = v[0], v[1]
@@ -207,12 +244,11 @@ def plot_conditional_variance(
     top = 1.0
     if title:
         fig.suptitle(title, y=1.0 - 0.05 / height, va="top")
-        top -= 0.35 / height
+        top -= title_height / height
     if note:
-        fig.text(0.5, top - 0.05 / height, note, ha="center", va="top", fontsize="x-small", color="dimgray",
-                 wrap=True)
-        top -= 0.45 / height
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, top))
+        fig.text(0.5, top, note, ha="center", va="top", fontsize=7.0, color="dimgray")
+        top -= note_height / height
+    fig.tight_layout(rect=(0.0, 0.0, 1.0, top + 0.15 / height))  # tight_layout leaves a margin above the panels
     return _save(fig, path)
 
 
@@ -261,7 +297,7 @@ def plot_training_curves(history: Sequence[dict], path, title: Optional[str] = N
         if missing:
             raise ValueError(f"history row {i} lacks {', '.join(missing)}")
 
-    panels = [("loss", ("train_loss", "test_loss"), ())]
+    panels = [("loss (summed over the heads)", ("train_loss", "test_loss"), ())]
     nll_subnets = _subnet_keys(rows, "test_nll")
     if any(row.get("test_nll") is not None for row in rows) or nll_subnets:
         panels.append(("test NLL (nats)", ("test_nll",), nll_subnets))
@@ -282,12 +318,13 @@ def plot_training_curves(history: Sequence[dict], path, title: Optional[str] = N
                 ax.plot(xs, ys, color=color, linestyle=style, marker="o" if len(xs) < 30 else None, markersize=3,
                         linewidth=1.2, label=label)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         if len(ax.get_legend_handles_labels()[0]) > 1:
             ax.legend(fontsize="small")
     if title:
-        fig.suptitle(title)
+        fig.suptitle(_wrap(title, fig.get_figwidth()))
     fig.tight_layout()
     return _save(fig, path)
 
@@ -318,8 +355,8 @@ def plot_reliability(bins: dict, path, title: Optional[str] = None, scaled: Opti
     n_bins = edges.size - 1
     width = (edges[1:] - edges[:-1]) / len(sets)
 
-    fig = Figure(figsize=(5.2, 6.0), dpi=100)
-    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    fig = Figure(figsize=(5.2, 6.0), dpi=100, layout="constrained")
+    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
     ax = fig.add_subplot(grid[0])
     hist = fig.add_subplot(grid[1], sharex=ax)
     for s, (name, b, color, nll_value) in enumerate(sets):
@@ -344,6 +381,54 @@ def plot_reliability(bins: dict, path, title: Optional[str] = None, scaled: Opti
     ax.tick_params(labelbottom=False)
     hist.set_xlabel(f"confidence (max probability, {n_bins} bins)")
     hist.set_ylabel("fraction")
-    ax.set_title(title or "reliability diagram", fontsize="medium")
-    fig.subplots_adjust(left=0.14, right=0.97, top=0.93, bottom=0.09)
+    ax.set_title(_wrap(title or "reliability diagram", 5.2, points=10.0), fontsize="medium")
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- comparison across methods
+
+# (report key, axis label, factor): what compare's figure shows, in the units of its table
+COMPARISON_PANELS = (
+    ("ensemble_accuracy", "ensemble accuracy (%)", 1.0),
+    ("nll", "test NLL (nats)", 1.0),
+    ("ece", "test ECE (%)", 100.0),
+    ("classifier_share_rate", "classifier share rate (%)", 1.0),
+    ("encoder_share_rate", "encoder share rate (%)", 1.0),
+)
+
+
+def plot_comparison(results: dict, path, title: Optional[str] = None):
+    """Methods side by side, one panel per metric of :data:`COMPARISON_PANELS`:
+    one point per run (seed), a bar at the mean of each method.
+
+    ``results``: ``{method: [report, ...]}`` as ``mixshare compare`` collects
+    them (each report a ``metrics.json`` dict); a missing or None value is
+    left out (a panel with no value says so).
+    """
+    if not results or not all(isinstance(runs, (list, tuple)) and runs for runs in results.values()):
+        raise ValueError("results must map each method to a non-empty list of reports")
+    methods = list(results)
+    width = max(8.0, 2.3 * len(COMPARISON_PANELS))
+    fig = Figure(figsize=(width, 3.6 + 0.15 * max(len(m) for m in methods) / 4), dpi=100, layout="constrained")
+    for p, (key, label, factor) in enumerate(COMPARISON_PANELS):
+        ax = fig.add_subplot(1, len(COMPARISON_PANELS), p + 1)
+        drawn = False
+        for i, method in enumerate(methods):
+            values = [float(r[key]) * factor for r in results[method]
+                      if r.get(key) is not None and math.isfinite(float(r[key]))]
+            if not values:
+                continue
+            drawn = True
+            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(1)
+            ax.scatter(i + offsets, values, s=16, color=_color(i), zorder=3)
+            ax.hlines(float(np.mean(values)), i - 0.3, i + 0.3, color=_color(i), linewidth=2.0)
+        if not drawn:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=90, fontsize="small")
+        ax.set_xlim(-0.6, len(methods) - 0.4)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(_wrap(title, width))
     return _save(fig, path)

@@ -64,14 +64,41 @@ class RunInterrupted(KeyboardInterrupt):
 def mimo_loss(logits: torch.Tensor, labels: torch.Tensor, weights) -> torch.Tensor:
     """Sum over subnetworks of the per-sample-weighted cross-entropy.
 
-    logits [M, R, K], labels [M, R], weights [R, M] or a :class:`~mixshare.methods.MixPlan`
-    (its ``loss_weights``: MixMo's reweighting with root r, or the plain mixing ratios) -> scalar.
+    logits [M, R, K] (floating), labels [M, R] (integer class indices in [0, K): there is no
+    ignore index), weights [R, M] or a :class:`~mixshare.methods.MixPlan` (its ``loss_weights``:
+    MixMo's reweighting with root r, or the plain mixing ratios) -> scalar. The label range is
+    checked on CPU, and on CUDA while ``mixshare_ops.value_checks_enabled()`` (a host sync;
+    ``training_step`` turns it off, and a label out of range then fails in the gather).
     """
     if isinstance(weights, MixPlan):
+        weights.check_unchanged()
         weights = weights.loss_weights
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 3 or not logits.is_floating_point():
+        got = f"{tuple(logits.shape)} {logits.dtype}" if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ValueError(f"logits must be a floating [M, R, K] tensor, got {got}")
     m, r, k = logits.shape
-    ce = F.cross_entropy(logits.reshape(m * r, k).float(), labels.reshape(m * r), reduction="none").view(m, r)
+    if not isinstance(labels, torch.Tensor) or labels.dtype not in _LABEL_DTYPES:
+        got = labels.dtype if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise TypeError(f"labels must be an integer tensor of class indices, got {got}")
+    if labels.shape != (m, r):
+        raise ValueError(f"labels must have shape [M, R] = [{m}, {r}] (from logits), got {tuple(labels.shape)}")
+    if not isinstance(weights, torch.Tensor) or not weights.is_floating_point() or weights.shape != (r, m):
+        got = f"{tuple(weights.shape)} {weights.dtype}" if isinstance(weights, torch.Tensor) else type(weights).__name__
+        raise ValueError(f"weights must be a floating [R, M] = [{r}, {m}] tensor (from logits) or a MixPlan, got {got}")
+    for name, t in (("labels", labels), ("weights", weights)):
+        if t.device != logits.device:
+            raise ValueError(f"{name} must be on the device of logits ({logits.device}), got {t.device}")
+    if labels.numel() and (labels.device.type == "cpu" or mixshare_ops.value_checks_enabled()):
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= k:
+            raise ValueError(f"labels must be class indices in [0, K) = [0, {k}), got values in [{low}, {high}]; "
+                             f"mimo_loss has no ignore index (such as cross_entropy's -100)")
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    ce = -log_probs.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)  # [M, R]
     return (ce * weights.t()).mean(dim=1).sum()
+
+
+_LABEL_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 def training_step(
@@ -189,7 +216,7 @@ def _train(config: Config, out_dir: str, device: torch.device, state: Optional[d
     )
     steps = len(loader)
     optimizer = make_optimizer(model, config)
-    scheduler = make_scheduler(optimizer, config, steps)
+    scheduler = make_scheduler(optimizer, config, steps, dataset.num_train)
     # The plans' draws: per sample on the loader's sample generator, per batch on the host.
     host_rng = random.Random(config.seed + 3 + 1000 * ddp.rank)
     image_size = tuple(dataset.train_images.shape[-2:])

@@ -15,7 +15,9 @@ no operator can: the Python types of the arguments (the operator schemas take
 rule), that every tensor argument is on the device the backend was chosen
 for, and the arguments that exist in the public API only (``box_size``,
 ``channels=None``, ``dtype``, ``sample_cutmix_boxes``' ``batch`` and
-``alpha``, ``cutmix_mix``'s ``x0`` and ``x1``).
+``alpha``, ``cutmix_mix``'s ``x0`` and ``x1``) and, given ``plan=``, that the
+plan is unchanged since it was built and fits the input (batch, device, M,
+grid): see :func:`_from_plan`.
 """
 
 from __future__ import annotations
@@ -155,13 +157,33 @@ def cutmix_mask(
     return op(backend, "cutmix_mask")(boxes, height, width, dtype)
 
 
-def _from_plan(plan, op: str, given: dict) -> None:
-    """Refuses a call that passes ``plan`` and also one of the arguments the plan holds."""
+def _from_plan(plan, op: str, given: dict, data, data_name: str) -> None:
+    """Refuses a call that passes ``plan`` and also one of the arguments the plan holds, a plan changed
+    in place since it was built, and a plan made for another batch, device or number of inputs than
+    ``data`` (the tensor the op mixes or unmixes). Metadata only: no host sync."""
     if not isinstance(plan, MixPlan):
         raise TypeError(f"plan must be a mixshare_ops.MixPlan, got {type(plan).__name__}")
     twice = [name for name, value in given.items() if value is not None]
     if twice:
         raise ValueError(f"{op}: pass either plan or {', '.join(twice)}, not both (the plan holds them)")
+    if not torch.compiler.is_compiling():
+        plan.check_unchanged()
+    if not isinstance(data, torch.Tensor) or data.dim() < 2:
+        return  # refused with the argument named by the op's own checks
+    batch_dim = 1 if data_name == "x" else 0
+    if data.device != plan.boxes.device:
+        raise ValueError(f"{op}: plan is on {plan.boxes.device}, {data_name} on {data.device}: a plan mixes "
+                         f"the batch it was drawn for, on its device")
+    if data.shape[batch_dim] != plan.rows:
+        raise ValueError(f"{op}: plan was drawn for a batch of R = {plan.rows} rows, {data_name} has "
+                         f"{data.shape[batch_dim]} (shape {tuple(data.shape)})")
+    if data_name == "x":
+        if data.shape[0] != plan.num_subnets:
+            raise ValueError(f"{op}: plan mixes M = {plan.num_subnets} inputs, x stacks {data.shape[0]} "
+                             f"(shape {tuple(data.shape)})")
+        if data.dim() == 5 and tuple(data.shape[3:]) != plan.grid:
+            raise ValueError(f"{op}: plan.grid {plan.grid} must be x's spatial size, got "
+                             f"{tuple(data.shape[3:])}: the plan's boxes live on the grid it was drawn for")
 
 
 def box_mix(
@@ -185,7 +207,7 @@ def box_mix(
     """
     if plan is not None:
         _from_plan(plan, "box_mix", dict(boxes=boxes, inside_weight=inside_weight, outside_weight=outside_weight,
-                                         scale=scale))
+                                         scale=scale), x, "x")
         boxes, inside_weight, outside_weight, scale = plan.boxes, plan.inside, plan.outside, plan.scale
     scale = 1.0 if scale is None else scale
     backend = _checked_backend(
@@ -219,15 +241,24 @@ def cutmix_mix(x0: Tensor, x1: Tensor, boxes: Tensor, scale: float = 2.0, *, bac
     )
 
 
-def _unmix_plan(plan, op, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize="masked"):
+def _unmix_plan(plan, op, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize="masked"):
     """The unmixing arguments, from ``plan`` or as given (defaults: ratio 0, normalize "masked")."""
     if plan is None:
         return (boxes, inside_weight, outside_weight, box_size, 0.0 if ratio is None else ratio, channels,
                 "masked" if normalize is None else normalize)
     _from_plan(plan, op, dict(boxes=boxes, inside_weight=inside_weight, outside_weight=outside_weight,
-                              box_size=box_size, ratio=ratio, channels=channels, normalize=normalize))
+                              box_size=box_size, ratio=ratio, channels=channels, normalize=normalize),
+               features, "features")
     if plan.unmix is None:
         raise ValueError(f"{op}: the plan does not unmix (its method mixes only)")
+    if isinstance(features, torch.Tensor) and features.dim() == 4:
+        size = tuple(features.shape[2:])
+        if plan.grid[0] < size[0] or plan.grid[1] < size[1]:
+            raise ValueError(f"{op}: plan.grid {plan.grid} (the mixing grid) must be at least features' spatial "
+                             f"size {size}: unmixing averages the plan's masks down to the final map")
+        if plan.unmix.channels > features.shape[1]:
+            raise ValueError(f"{op}: plan.unmix.channels = {plan.unmix.channels} must be at most features' "
+                             f"C = {features.shape[1]}: the plan was drawn for another model")
     return (plan.boxes, plan.inside, plan.outside, plan.grid, plan.unmix.ratio, plan.unmix.channels,
             plan.unmix.normalize)
 
@@ -280,7 +311,7 @@ def cutmix_unmix(
     channels instead. Differentiable with respect to ``features``.
     """
     boxes, inside_weight, outside_weight, box_size, ratio, channels, _ = _unmix_plan(
-        plan, "cutmix_unmix", boxes, inside_weight, outside_weight, box_size, ratio, channels, None)
+        plan, "cutmix_unmix", features, boxes, inside_weight, outside_weight, box_size, ratio, channels, None)
     box_size, channels = _unmix_args(features, box_size, channels)
     args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
     backend = _unmix_backend(backend, checks.validate_unmix, args)
@@ -322,7 +353,7 @@ def cutmix_unmix_pool(
     grid), ratio and channels. Differentiable with respect to ``features``.
     """
     boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize = _unmix_plan(
-        plan, "cutmix_unmix_pool", boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
+        plan, "cutmix_unmix_pool", features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
     box_size, channels = _unmix_args(features, box_size, channels)
     args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
     backend = _unmix_backend(backend, _validate_unmix_pool, args + (normalize,), strs=(normalize,))

@@ -19,11 +19,14 @@ valid arguments.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
 __all__ = [
     "opmath_dtype",
+    "sqrt_rn",
     "cutmix_boxes",
     "cutmix_mask",
     "box_mix",
@@ -38,6 +41,54 @@ def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _exceeds_midpoint_square(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Whether ``x > m**2`` exactly, for ``m`` the midpoint between float64
+    ``a`` (positive, normal, near ``sqrt(x)``, at most 1) and the next float64.
+
+    With ``u`` the spacing above ``a`` and ``A = a / u`` (an integer below
+    2**53): ``x - m**2 = (x - a**2 - a*u) - u**2 / 4``. ``a**2 = P + E``
+    exactly (``P = fl(a*a)``, ``E`` by Dekker's product on a split of ``a``
+    into two halves of at most 26 significant bits, rounded at bit 26 of the
+    mantissa), ``x - P`` is exact (Sterbenz: ``x`` and ``P`` are within a
+    factor 2), and ``x - P``, ``E`` and ``a*u`` are integer multiples of
+    ``u**2`` below 2**57 of it, so their sum ``T`` is exact in int64 units of
+    ``u**2``. ``x > m**2`` iff ``T > 0`` (``T = 0`` leaves ``-u**2 / 4``).
+    Every operation is a separate IEEE-rounded tensor op (no contraction).
+    """
+    u = torch.nextafter(a, torch.full_like(a, math.inf)) - a
+    half_bits = torch.tensor((1 << 27) - 1, dtype=torch.int64, device=a.device)
+    hi = ((a.view(torch.int64) + (1 << 26)) & ~half_bits).view(torch.float64)
+    lo = a - hi
+    p = a * a
+    e = ((hi * hi - p) + 2.0 * hi * lo) + lo * lo
+    q = u * u
+    t = ((x - p) / q).to(torch.int64) - (e / q).to(torch.int64) - (a / u).to(torch.int64)
+    return t > 0
+
+
+def sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded square root of float64 ``x`` in [0, 1] (NaN-free), on
+    any device: what numpy, ``math.sqrt`` and C's ``sqrt`` return.
+
+    ``torch.sqrt`` is not correctly rounded on every CPU (its AVX-512 float64
+    kernel gives ``sqrt(0.25 - 2**-54) = 0.5``, not ``0.49999999999999994``),
+    so its result ``s`` (assumed within one ulp) is moved to the neighbouring
+    float64 whenever ``sqrt(x)`` lies past the midpoint between them, decided
+    by exact arithmetic. Values below 2**-800 are scaled by 2**800 first
+    (exact) so every intermediate stays normal.
+    """
+    tiny = x < 2.0**-800
+    scaled = torch.where(tiny, x * 2.0**800, x)
+    positive = scaled > 0
+    y = torch.where(positive, scaled, torch.ones_like(scaled))  # 0 is its own root; keep 0 out of the ulp maths
+    s = torch.sqrt(y)
+    down = torch.nextafter(s, torch.zeros_like(s))
+    up = torch.nextafter(s, torch.full_like(s, math.inf))
+    s = torch.where(_exceeds_midpoint_square(y, s), up, torch.where(_exceeds_midpoint_square(y, down), s, down))
+    s = torch.where(tiny, s * 2.0**-400, s)
+    return torch.where(positive, s, torch.zeros_like(s))
+
+
 def cutmix_boxes(lam: torch.Tensor, center: torch.Tensor, height: int, width: int):
     """CutMix boxes by the MixMo/CutMix reference rule.
 
@@ -48,7 +99,8 @@ def cutmix_boxes(lam: torch.Tensor, center: torch.Tensor, height: int, width: in
     The cut size is computed in float64 whatever the dtypes, as the official
     MixMo code does with numpy: lam, converted exactly to float64 and clamped
     into [0, 1] (NaN -> 0), gives ``cut = trunc(size * sqrt(lam))``, equal to
-    Python's ``int(size * math.sqrt(lam))`` for every lam. The centre
+    Python's ``int(size * math.sqrt(lam))`` for every lam (the root is
+    :func:`sqrt_rn`, correctly rounded on every platform). The centre
     ``c = floor(u * size)`` and the area are computed in the opmath dtype of
     ``lam`` and ``center`` (float64 if either is float64, else float32); the
     box is ``[clip(c - cut // 2), clip(c + cut // 2))``.
@@ -56,7 +108,7 @@ def cutmix_boxes(lam: torch.Tensor, center: torch.Tensor, height: int, width: in
     compute = torch.promote_types(opmath_dtype(lam.dtype), opmath_dtype(center.dtype))
     lam64 = lam.to(torch.float64).nan_to_num(nan=0.0).clamp(0.0, 1.0)
     center_c = center.to(compute)
-    cut_frac = torch.sqrt(lam64)
+    cut_frac = sqrt_rn(lam64)
     cut_h = torch.trunc(height * cut_frac).to(torch.int64)
     cut_w = torch.trunc(width * cut_frac).to(torch.int64)
     cy = torch.floor(center_c[:, 0] * height).to(torch.int64)

@@ -181,3 +181,42 @@ def test_unknown_torchvision_model_is_refused(fake_torchvision):
 
     with pytest.raises(ValueError, match="torchvision.models has no model 'resnet9000'"):
         build_model("torchvision-resnet9000", 10, 2)
+
+
+def test_the_grid_probe_leaves_buffers_and_modes_alone():
+    """The probe runs the encoder and the core (BatchNorm in both) without touching running statistics,
+    in train mode or eval mode, and checks num_features against the core's output."""
+    encoder = lambda: nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.BatchNorm2d(4))  # noqa: E731
+    core = nn.Sequential(nn.Conv2d(4, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
+    model = MimoBackbone(encoder, core, lambda: nn.Linear(6, 5), 2, num_features=6)
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if buffer.is_floating_point():
+                buffer.uniform_(0.5, 1.5)  # not the zeros / ones a probe of zeros could leave looking unchanged
+    model.encoders[1].eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    assert model.mixing_grid((12, 12)) == (6, 6) and model.mixing_grid((10, 8)) == (5, 4)
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    for name, buffer in model.named_buffers():
+        assert torch.equal(buffer, before[name]), name
+    # the same forward in train mode does move them: the probe would have
+    model(torch.randn(2, 2, 3, 12, 12))
+    assert not torch.equal(model.body[1].running_mean, before["body.1.running_mean"])
+
+
+def test_the_readme_loop_draws_new_boxes_every_batch():
+    """The README's own-backbone loop (draw_plan without generators, training_step): each batch is mixed
+    by its own boxes."""
+    torch.manual_seed(0)
+    model = MimoBackbone.from_cnn(TinyResNet, num_subnets=2, encoder_init="identical")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+    boxes = []
+    for epoch in range(2):
+        for _ in range(3):
+            images, labels = torch.randn(2, 4, 3, 16, 16), torch.randint(0, 5, (2, 4))
+            plan = methods.draw_plan("mixshare-fadeout", model, images, epoch=epoch, epochs=2)
+            loss, _ = train.training_step(model, images, labels, plan, optimizer)
+            assert torch.isfinite(loss)
+            boxes.append(tuple(plan.boxes.flatten().tolist()))
+    assert len(set(boxes)) == len(boxes)

@@ -174,6 +174,6 @@ def test_plot_reliability(tmp_path):
     assert (tmp_path / "both.png").exists()
     with pytest.raises(ValueError, match="bins need"):
         plots.plot_reliability({"edges": [0, 1]}, tmp_path / "bad.png")
-    assert "dashed diagonal" in plots.CONDITIONAL_VARIANCE_NOTE and "along an axis" in plots.CONDITIONAL_VARIANCE_NOTE
+    assert "dashed diagonal" in plots.CONDITIONAL_VARIANCE_NOTE and "input 0 only" in plots.CONDITIONAL_VARIANCE_NOTE
     plots.plot_conditional_variance([torch.rand(2, 8) + 0.1], tmp_path / "cv.png", note=None)
     assert plots.run_label("unmix", 3) == "unmix, seed 3" and plots.run_label(None, None) is None

@@ -1,6 +1,7 @@
 """Every backend against the reference: forward and backward, each dtype."""
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -93,6 +94,59 @@ def test_cutmix_boxes_cut_size_is_float64_rule(backend, device, dtype):
                 f"(center {center_dtype}), e.g. lam={lam[wrong][:4].tolist()}: "
                 f"got {boxes.cpu()[wrong][:4].tolist()}, expected {expected[wrong][:4].tolist()}"
             )
+
+
+def _misrounded_sqrt(x):
+    """A faithful but never correctly rounded float64 root (what some CPUs'
+    ``torch.sqrt`` gives at some inputs): where sqrt(x) is not a float64, the
+    float64 on the other side of it from the correctly rounded ``math.sqrt``.
+    Sides are decided in exact rational arithmetic."""
+    out = []
+    for value in x.tolist():
+        root = math.sqrt(value)
+        square, exact = Fraction(root) ** 2, Fraction(value)
+        if square > exact:
+            root = math.nextafter(root, 0.0)
+        elif square < exact:
+            root = math.nextafter(root, math.inf)
+        out.append(root)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def _sqrt_probe_values():
+    """float64 values in [0, 1] where a misrounded root changes boxes: every
+    (k / size)^2 of the boundary grids and its neighbours, 4^-j and its
+    neighbours, random values at several scales, subnormals, 0 and 1."""
+    g = torch.Generator().manual_seed(0)
+    powers = torch.tensor([4.0**-j for j in range(0, 30)], dtype=torch.float64)
+    near = torch.cat([powers, torch.nextafter(powers, powers.new_tensor(0.0)), torch.nextafter(powers, powers.new_tensor(2.0))])
+    scales = torch.tensor([1.0, 1e-3, 1e-30, 1e-200, 1e-310], dtype=torch.float64)
+    random = (torch.rand(5, 400, generator=g, dtype=torch.float64) * scales[:, None]).flatten()
+    edges = torch.tensor([0.0, 5e-324, 2.0**-800, math.nextafter(2.0**-800, 0.0), 1.0], dtype=torch.float64)
+    lams = _boundary_lams({size for grid in BOUNDARY_GRIDS for size in grid}, torch.float64)
+    return torch.cat([lams, near.clamp(0, 1), random, edges]).unique()
+
+
+def test_reference_root_does_not_trust_torch_sqrt(monkeypatch):
+    """The reference's float64 root is correctly rounded even where
+    ``torch.sqrt`` rounds the wrong way at every inexact value, and so are its
+    boxes, at the issue's values lam = 0.25 - 2^-54 and 1 - 2^-53 in
+    particular."""
+    x = _sqrt_probe_values()
+    expected = torch.tensor([math.sqrt(v) for v in x.tolist()], dtype=torch.float64)
+    misrounded = _misrounded_sqrt(x)
+    assert (misrounded != expected).sum() > x.numel() // 2  # the simulation does misround
+    assert ((misrounded - expected).abs() <= torch.nextafter(expected, expected.new_tensor(2.0)) - expected).all()
+    torch.testing.assert_close(reference.sqrt_rn(x), expected, rtol=0, atol=0)  # the platform's torch.sqrt
+    monkeypatch.setattr(torch, "sqrt", _misrounded_sqrt)
+    torch.testing.assert_close(reference.sqrt_rn(x), expected, rtol=0, atol=0)
+    for height, width in BOUNDARY_GRIDS:
+        lam = _boundary_lams({height, width}, torch.float64)
+        boxes, _ = reference.cutmix_boxes(lam, torch.full((lam.numel(), 2), 0.5, dtype=torch.float64), height, width)
+        torch.testing.assert_close(boxes, _official_boxes(lam, height, width), rtol=0, atol=0)
+    lam = torch.tensor([0.24999999999999997, 0.9999999999999999], dtype=torch.float64)
+    boxes, area = reference.cutmix_boxes(lam, torch.full((2, 2), 0.5, dtype=torch.float64), 2, 2)
+    assert boxes.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]] and area.tolist() == [0.0, 0.0]  # cut 0: 2 * 0.49999999999999994 < 1
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)

@@ -1,5 +1,7 @@
 """Hypothesis property tests over shapes and boxes (compiled CPU kernels vs reference)."""
 
+import math
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -39,9 +41,11 @@ def test_cutmix_boxes_area_is_mask_mean(lams, height, width, data):
     assert torch.equal(boxes, ref_boxes)
     mask = mixshare_ops.cutmix_mask(boxes, height, width, backend="cpu")
     torch.testing.assert_close(mask.mean(dim=(1, 2, 3)), area)
-    # The box never exceeds the target ratio's side lengths (cut sizes are float64).
-    assert ((boxes[:, 2] - boxes[:, 0]) <= (height * lam.double().sqrt()).floor()).all()
-    assert ((boxes[:, 3] - boxes[:, 1]) <= (width * lam.double().sqrt()).floor()).all()
+    # The box never exceeds the target ratio's side lengths (cut sizes are
+    # float64, with the correctly rounded root of math.sqrt).
+    for (top, left, bottom, right), value in zip(boxes.tolist(), lam.tolist()):
+        assert bottom - top <= math.floor(height * math.sqrt(value))
+        assert right - left <= math.floor(width * math.sqrt(value))
 
 
 @SETTINGS

@@ -371,6 +371,44 @@ def test_every_variant_compiles():
 
 
 
+def test_float64_root_is_correctly_rounded_in_ptx():
+    """The box kernel's float64 root compiles to sqrt.rn.f64 (IEEE round to
+    nearest) for an sm_90 target, never an approximation: the cut size rule
+    depends on the last bit of the root."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-m", "tests.test_triton_limits", "boxes-ptx"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    if proc.returncode == 3:
+        pytest.skip(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    roots = [line for line in proc.stdout.splitlines() if "sqrt." in line and not line.startswith("//")]
+    assert roots and all("sqrt.rn.f64" in line for line in roots), proc.stdout
+
+
+def _boxes_ptx() -> int:
+    """Print the sqrt instructions of the float64 box kernel's sm_90 PTX; 3 if
+    this Triton cannot compile for a CUDA target here."""
+    try:
+        import triton
+        import triton.language as tl
+        from triton.backends.compiler import GPUTarget
+        from triton.compiler.compiler import ASTSource
+        from triton.runtime.jit import JITFunction
+
+        fn = _kernel("cutmix_boxes_kernel")
+        while not isinstance(fn, JITFunction):
+            fn = fn.fn
+        consts = {"OPMATH": tl.float64, "BLOCK": 256}
+        signature = {arg: "constexpr" if arg in consts else "*i32" if arg == "boxes_ptr"
+                     else "*fp64" if arg.endswith("_ptr") else "i32" for arg in fn.arg_names}
+        ptx = triton.compile(ASTSource(fn, signature, consts), target=GPUTarget("cuda", 90, 32)).asm["ptx"]
+    except Exception as exc:  # noqa: BLE001
+        print(f"no Triton PTX compiler for a CUDA target here: {exc!r}")
+        return 3
+    print("\n".join(line.strip() for line in ptx.splitlines() if "sqrt" in line))
+    return 0
+
+
 def _compile_front_end() -> int:
     """Triton IR of every kernel variant (run without TRITON_INTERPRET); 3 if
     this Triton has no usable front end for a CUDA target."""
@@ -438,4 +476,4 @@ def _compile_front_end() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_compile_front_end())
+    sys.exit(_boxes_ptx() if sys.argv[1:] == ["boxes-ptx"] else _compile_front_end())

@@ -269,13 +269,13 @@ def test_optimisers_and_schedules():
     assert any(p is model.source_embed for p in undecayed["params"])
     assert any(p is model.cls_token for p in undecayed["params"])
     assert all(p.dim() >= 2 for p in decayed["params"]) and any(p is model.heads[0].weight for p in decayed["params"])
-    # cosine after a linear warmup of 5 epochs (10 steps per epoch), 0 at the end
-    factors = [optim.lr_factor(vit, s, 10) for s in range(100)]
+    # cosine after a linear warmup of 5 epochs (320 images: 10 steps per epoch), 0 at the end
+    factors = [optim.lr_factor(vit, s, 10, 320) for s in range(100)]
     assert factors[0] == pytest.approx(1 / 50) and factors[49] == pytest.approx(1.0)
     assert factors[50] == pytest.approx(1.0) and factors[75] == pytest.approx(0.5) and factors[-1] < 1e-3
     assert all(a >= b for a, b in zip(factors[50:], factors[51:]))
     # the CNNs' step schedule is unchanged
-    assert optim.lr_factor(cnn, 100, 1) == pytest.approx(0.1)
+    assert optim.lr_factor(cnn, 100, 1, 32) == pytest.approx(0.1)
 
 
 # --------------------------------------------------------------------------- analysis

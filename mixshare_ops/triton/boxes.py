@@ -36,7 +36,8 @@ def cutmix_boxes_kernel(lam_ptr, center_ptr, boxes_ptr, area_ptr, B, height, wid
     u_col = tl.load(center_ptr + 2 * n + 1, mask=valid, other=0.0)
     # The cut size in float64 whatever OPMATH is (the official code's numpy
     # rule): lam (exact in float64) clamped into [0, 1], NaN -> 0, then
-    # trunc(size * sqrt(lam)); float64 sqrt and product are correctly rounded.
+    # trunc(size * sqrt(lam)); float64 sqrt (sqrt.rn.f64 in the PTX, numpy's
+    # in the interpreter) and product are correctly rounded.
     lam64 = lam.to(tl.float64)
     lam64 = tl.where(lam64 >= 0, lam64, 0.0)  # NaN -> 0
     lam64 = tl.where(lam64 > 1, 1.0, lam64)
