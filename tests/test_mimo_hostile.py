@@ -138,7 +138,7 @@ IMAGES = torch.randn(M, 4, 3, 8, 8)
 DRAW_CASES = [  # (id, keyword arguments of draw_plan, exception, message)
     ("alpha-negative", dict(alpha=-1.0), cfg.ConfigError, r"draw_plan\('cut-mixmo'\): alpha must be > 0, got -1"),
     ("epochs-zero", dict(epochs=0), cfg.ConfigError, r"epochs must be >= 1, got 0"),
-    ("epochs-float", dict(epochs=2.5), cfg.ConfigError, r"epochs: cannot read 2\.5 as int"),
+    ("epochs-float", dict(epochs=2.5), cfg.ConfigError, r"epochs must be an integer, got 2\.5 \(float\)"),
     ("loss-root-zero", dict(loss_root=0.0), cfg.ConfigError, r"loss_root must be > 0"),
     ("cut-prob-above-1", dict(cut_prob=2.0), cfg.ConfigError, r"cut_prob must be in \[0, 1\]"),
     ("unmix-channels-above-1", dict(unmix_channels=1.5), cfg.ConfigError, r"unmix_channels must be in \[0, 1\]"),
