@@ -460,6 +460,8 @@ def validate(config: Config) -> None:
          "unmixing needs CutMix on every batch (mixing: cut, cut_prob: 1)"),
         (all(isinstance(m, (int, float)) and 0 < m < 1 for m in config.lr_milestones),
          f"lr_milestones are fractions of training in (0, 1), got {list(config.lr_milestones)}"),
+        (config.optimizer != "sgd" or not config.nesterov or config.momentum > 0,
+         "Nesterov momentum needs momentum > 0: set nesterov: false, or a momentum in (0, 1)"),
         (config.dataset != "synthetic" or config.synthetic_train >= config.synthetic_classes,
          f"synthetic_train {config.synthetic_train} leaves classes without a training image: "
          f"need synthetic_train >= synthetic_classes ({config.synthetic_classes})"),

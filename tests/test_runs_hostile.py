@@ -73,6 +73,7 @@ CONFIG_FILE_CASES = [
     ("lr_decay: 10", "lr_decay must be in (0, 1], got 10.0"),
     ("model: 28", "model must be a string, got 28 (int)"),
     ("seed: -1", "seed must be in [0, "),
+    ("momentum: 0", "Nesterov momentum needs momentum > 0"),
     ("epoch: 3", "unknown config key 'epoch'"),
     ("device: cdua", "device 'cdua' is not a device name; did you mean 'cuda'?"),
     ("device: gpu", "did you mean 'cuda'?"),
