@@ -390,7 +390,8 @@ def check_resume(saved: Config, config: Config, allow_change=(), source: str = "
     for key in allow_change:
         if key not in FIELDS:
             near = nearest_key(key)
-            raise ConfigError(f"--allow-change: unknown config key {key!r}" + (f"; did you mean {near!r}?" if near else ""))
+            hint = f"; did you mean {near!r}?" if near else ""
+            raise ConfigError(f"--allow-change: unknown config key {key!r}{hint}")
         if key in IDENTITY_KEYS:
             raise ConfigError(f"--allow-change {key}: {key} defines the run ({', '.join(IDENTITY_KEYS)} never "
                               f"change on resume); start a new run in another --out")

@@ -151,8 +151,8 @@ def train(config: Config, out_dir: str, resume: bool = False, stop_after_epoch: 
     main = launch_rank() == 0
     with output_folder(out_dir, lock=main), contextlib.closing(ScalarLog(out_dir)) as scalars:
         try:
-            return _train(config, out_dir, device, _previous_run(config, out_dir, resume, overwrite, allow_change, main),
-                          stop_after_epoch, scalars)
+            return _train(config, out_dir, device, stop_after_epoch, scalars, resume=resume, overwrite=overwrite,
+                          allow_change=allow_change, main=main)
         except RunInterrupted:
             raise
         except KeyboardInterrupt:  # while the run was set up: nothing written yet
@@ -193,8 +193,10 @@ def _kept(ckpt_path: str, saved_epoch: int, what: str = "checkpoint") -> str:
     return "no checkpoint was written yet"
 
 
-def _train(config: Config, out_dir: str, device: torch.device, state: Optional[dict],
-           stop_after_epoch: Optional[int], scalars: ScalarLog) -> dict:
+def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch: Optional[int], scalars: ScalarLog, *,
+           resume: bool, overwrite: bool, allow_change, main: bool) -> dict:
+    # The folder's run, checked before the data is loaded; the state is dropped once used.
+    state = _previous_run(config, out_dir, resume, overwrite, allow_change, main)
     ddp, device = setup_distributed(device)
     on_gpu = device.type == "cuda"
     ckpt_path = os.path.join(out_dir, CHECKPOINT)
@@ -318,7 +320,8 @@ def _check_test_nll(nll: float, when: str, ckpt_path: str, saved_epoch: int) -> 
     """Raises TrainingDiverged when the test NLL is NaN: the model's predictions are not finite."""
     if math.isnan(nll):
         raise TrainingDiverged(f"the test NLL became nan {when} (the model's outputs are not finite); stopping: "
-                               f"{_kept(ckpt_path, saved_epoch, 'last good checkpoint')}. Try a lower lr or disabling bf16.")
+                               f"{_kept(ckpt_path, saved_epoch, 'last good checkpoint')}. "
+                               f"Try a lower lr or disabling bf16.")
 
 
 def _progress(iterable, total, desc, enabled):
