@@ -11,6 +11,8 @@ import os
 import shlex
 import statistics
 import sys
+import time
+from typing import Optional
 
 from mixshare import config as cfg
 
@@ -132,9 +134,9 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-def _mean_std(values, digits: int = 1, scale: float = 1.0) -> str:
-    """``mean ± std`` (sample std) of the numbers among ``values`` times ``scale``; "n/a" when there is none."""
-    values = [v * scale for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+def _mean_std(values, digits: int = 1) -> str:
+    """``mean ± std`` (sample std) of the numbers among ``values``; "n/a" when there is none."""
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
     if not values:
         return "n/a"
     if len(values) == 1:
@@ -158,11 +160,11 @@ def comparison_table(results: dict) -> str:
             f"| {method} | {_mean_std([r['ensemble_accuracy'] for r in runs])} | {_mean_std(individual)} | "
             f"{_mean_std([r['classifier_share_rate'] for r in runs])} | "
             f"{_mean_std([r['encoder_share_rate'] for r in runs])} | "
-            f"{_mean_std([r.get('nll') for r in runs], 3)} | {_mean_std([r.get('ece') for r in runs], 2, 100.0)} |"
+            f"{_mean_std([r.get('nll') for r in runs], 3)} | {_mean_std([r.get('ece') for r in runs], 2)} |"
         )
         if scaled:
             line += (f" {_mean_std([r.get('nll_ts') for r in runs], 3)} |"
-                     f" {_mean_std([r.get('ece_ts') for r in runs], 2, 100.0)} |")
+                     f" {_mean_std([r.get('ece_ts') for r in runs], 2)} |")
         lines.append(line + f" {len(runs)} |")
     return "\n".join(lines)
 
@@ -196,15 +198,30 @@ def _saved_config(run_dir: str):
     return None
 
 
-def compare_run(config: cfg.Config, run_dir: str, rerun: bool = False) -> dict:
+def compare_run(config: cfg.Config, run_dir: str, rerun: bool = False, announce: Optional[str] = None) -> dict:
     """The metrics of ``config``'s run in ``run_dir``: read back when a finished run with the same
     config (:func:`mixshare.config.experiment_differences`) is there, resumed when an unfinished one is,
-    trained otherwise; a run of another config there is refused. ``rerun``: train anew, replacing it."""
+    trained otherwise; a run of another config there is refused. ``rerun``: train anew, replacing it.
+    ``announce``: a line printed before training (not when the run is read back)."""
     from mixshare import files
     from mixshare.train import train
 
+    report = None if rerun else finished_run(config, run_dir)
+    if report is not None:
+        return report
+    if announce is not None:
+        print(announce, flush=True)
     if rerun:
         return train(config, run_dir, overwrite=True)
+    return train(config, run_dir, resume=os.path.isfile(os.path.join(run_dir, files.CHECKPOINT)))
+
+
+def finished_run(config: cfg.Config, run_dir: str) -> Optional[dict]:
+    """The metrics of a finished run of ``config`` in ``run_dir``, None when there is none yet; a run of
+    another config, or one written by an older mixshare, is refused."""
+    from mixshare import files
+    from mixshare.evaluate import METRICS_FORMAT
+
     saved = _saved_config(run_dir)
     if saved is not None:
         differences = cfg.experiment_differences(saved, config)
@@ -213,10 +230,12 @@ def compare_run(config: cfg.Config, run_dir: str, rerun: bool = False) -> dict:
                                   f"pass --rerun to retrain it, or choose another --out")
         metrics_path = os.path.join(run_dir, files.METRICS)
         if os.path.isfile(metrics_path):
-            return _run_json(metrics_path)
-    print(f"== {config.method}, seed {config.seed}: {config.model} on {config.dataset}, {config.epochs} epochs",
-          flush=True)
-    return train(config, run_dir, resume=os.path.isfile(os.path.join(run_dir, files.CHECKPOINT)))
+            report = _run_json(metrics_path)
+            if not isinstance(report, dict) or report.get("metrics_format") != METRICS_FORMAT:
+                raise ValueError(f"{metrics_path} was written by an older mixshare (its rates are in other units); "
+                                 f"pass --rerun to retrain the run")
+            return report
+    return None
 
 
 def cmd_compare(args) -> int:
@@ -230,19 +249,34 @@ def cmd_compare(args) -> int:
         repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
         if repeated:
             raise ValueError(f"{option} names {', '.join(map(str, repeated))} more than once: each is one run")
+    from mixshare.plots import plot_comparison
+    from mixshare.train import duration
+
     results = {}
+    runs = [(method, seed) for method in methods for seed in args.seeds]
+    started, trained = time.perf_counter(), []  # seconds of each run trained here (not read back)
     with output_folder(args.out):
-        for method in methods:
-            results[method] = []
-            for seed in args.seeds:
-                config = build_config(args, method=method, seed=seed)
-                results[method].append(compare_run(config, os.path.join(args.out, method, f"seed{seed}"), args.rerun))
+        for index, (method, seed) in enumerate(runs):
+            config = build_config(args, method=method, seed=seed)
+            elapsed = time.perf_counter() - started
+            eta = f", about {duration(statistics.mean(trained) * (len(runs) - index))} left" if trained else ""
+            announce = (f"== run {index + 1}/{len(runs)}: {method}, seed {seed}: {config.model} on {config.dataset}, "
+                        f"{config.epochs} epochs ({duration(elapsed)} so far{eta})")
+            run_dir = os.path.join(args.out, method, f"seed{seed}")
+            report = None if args.rerun else finished_run(config, run_dir)
+            if report is None:
+                run_started = time.perf_counter()
+                report = compare_run(config, run_dir, args.rerun, announce)
+                trained.append(time.perf_counter() - run_started)
+            results.setdefault(method, []).append(report)
         table = comparison_table(results)
         first = next(iter(results.values()))[0]
         header = f"{first.get('dataset', args.dataset or 'digits')}, {first['model']}, seeds {args.seeds}"
         atomic_write_text(os.path.join(args.out, "compare.md"), f"# {header}\n\n{table}\n")
         atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
+        figure = plot_comparison(results, os.path.join(args.out, "compare.png"), title=header)
     print(table)
+    print(f"figure: {figure}; {len(runs)} runs in {duration(time.perf_counter() - started)}", flush=True)
     return 0
 
 

@@ -11,6 +11,9 @@ import torch
 from mixshare import analysis, metrics, plots
 from mixshare.config import Config
 
+#: metrics.json's format: 2 holds every rate in percent (ECE too; format 1, unmarked, had ECE as a fraction).
+METRICS_FORMAT = 2
+
 
 @torch.no_grad()
 def collect_logits(model, images: torch.Tensor, batch_size: int = 500, bf16: bool = False) -> torch.Tensor:
@@ -128,7 +131,7 @@ def final_report(model, dataset, config: Config, history: list, out_dir: Optiona
         report["source_attention"] = analysis.source_attention(model, dataset.test_images[:256]).tolist()
     report.update(
         method=config.method, model=config.model, dataset=config.dataset, seed=config.seed, epochs=config.epochs,
-        num_subnets=config.num_subnets,
+        num_subnets=config.num_subnets, metrics_format=METRICS_FORMAT,
     )
     if out_dir is not None and config.plots:
         write_plots(model, dataset, history, out_dir, config=config, logits=logits,

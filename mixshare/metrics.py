@@ -13,8 +13,9 @@ Every reduction is computed in float64 and every metric returns plain Python
 
 Conventions:
 
-* accuracies and :func:`disagreement` are in percent (0-100);
-* :func:`ece` is a fraction in [0, 1];
+* rates are in percent (0-100): accuracies, :func:`disagreement` and
+  :func:`ece` (reliability bins' per-bin accuracy and confidence stay
+  fractions: they are probabilities plotted against each other);
 * :func:`brier` is the sum over classes (range [0, 2]), not the mean over
   classes; :func:`evaluate_logits` also reports ``brier_official``, the same
   score divided by K (the official MixMo code's convention, range [0, 2/K]);
@@ -221,7 +222,7 @@ def brier_official(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 
 def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
-    """Expected calibration error of ``probs [N, K]`` as a fraction in [0, 1] (not percent).
+    """Expected calibration error of ``probs [N, K]`` in percent (0-100), as accuracy.
 
     Confidence is the max probability, correctness is ``argmax == label``. The
     confidences are put in ``n_bins`` equal-width bins ``(b/n_bins, (b+1)/n_bins]``
@@ -229,11 +230,15 @@ def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
 
         ECE = sum_b (|B_b| / N) * |accuracy(B_b) - mean confidence(B_b)|
 
-    with accuracy as a fraction; empty bins contribute nothing.
+    times 100, with accuracy as a fraction; empty bins contribute nothing.
     """
     _, conf_sum, correct_sum = _bin_sums(probs, labels, n_bins)
-    # sum_b |B_b|/N * |acc_b - conf_b| = sum_b |correct_sum_b - conf_sum_b| / N
-    return ((correct_sum - conf_sum).abs().sum() / probs.shape[0]).item()
+    return _ece_percent(conf_sum, correct_sum, probs.shape[0])
+
+
+def _ece_percent(conf_sum: torch.Tensor, correct_sum: torch.Tensor, n: int) -> float:
+    """100 * sum_b |B_b|/N * |acc_b - conf_b| = 100 * sum_b |correct_sum_b - conf_sum_b| / N."""
+    return (100.0 * (correct_sum - conf_sum).abs().sum() / n).item()
 
 
 def _bin_sums(probs: torch.Tensor, labels: torch.Tensor, n_bins: int):
@@ -260,7 +265,7 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
 
     ``edges`` (``n_bins + 1`` values from 0 to 1), ``count`` (samples per bin),
     ``accuracy`` and ``confidence`` (fractions: the bin's hit rate and mean
-    confidence; nan for an empty bin) and ``ece`` (:func:`ece` of the same bins).
+    confidence; nan for an empty bin) and ``ece`` (:func:`ece` of the same bins, %).
     """
     count, conf_sum, correct_sum = _bin_sums(probs, labels, n_bins)
     nan = torch.full_like(count, float("nan"))
@@ -270,7 +275,7 @@ def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15
         "count": count.tolist(),
         "accuracy": torch.where(filled, correct_sum / count.clamp_min(1), nan).tolist(),
         "confidence": torch.where(filled, conf_sum / count.clamp_min(1), nan).tolist(),
-        "ece": ((correct_sum - conf_sum).abs().sum() / probs.shape[0]).item(),
+        "ece": _ece_percent(conf_sum, correct_sum, probs.shape[0]),
     }
 
 
@@ -430,7 +435,7 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = 
     * ``ensemble_accuracy`` (%), ``subnetwork_accuracy`` (list of M %),
       ``mean_subnetwork_accuracy`` (%, the papers' "individual accuracy"),
     * ``nll`` (nats), ``subnetwork_nll`` (list of M, nats, each subnetwork's own softmax),
-      ``ece`` (fraction), ``brier`` (sum over classes),
+      ``ece`` (%), ``brier`` (sum over classes),
       ``brier_official`` (``brier / K``, the official MixMo code's Brier),
     * ``disagreement`` (%), ``kl_diversity`` (nats), ``ratio_of_errors``
       (official MixMo convention; all three 0.0 for M = 1).
@@ -591,6 +596,6 @@ def ood_metrics(logits_in: torch.Tensor, logits_out: torch.Tensor, ensemble: str
 
 
 def subnetwork_ece(logits: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> list[float]:
-    """:func:`ece` of each subnetwork's own softmax: ``logits [M, N, K]`` -> list of M fractions."""
+    """:func:`ece` of each subnetwork's own softmax: ``logits [M, N, K]`` -> list of M percentages."""
     _check_logits(logits)
     return [ece(torch.softmax(z.detach().double(), -1), labels, n_bins) for z in logits]

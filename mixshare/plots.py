@@ -365,7 +365,7 @@ def plot_reliability(bins: dict, path, title: Optional[str] = None, scaled: Opti
         count = _to_numpy(b["count"])
         left = edges[:-1] + s * width
         filled = count > 0
-        label = f"{name}: ECE {100 * float(b['ece']):.2f}%"
+        label = f"{name}: ECE {float(b['ece']):.2f}%"
         if nll_value is not None:
             label += f", NLL {nll_value:.3f}"
         ax.bar(left[filled], accuracy[filled], width=width[filled], align="edge", color=color, alpha=0.75,
@@ -387,13 +387,13 @@ def plot_reliability(bins: dict, path, title: Optional[str] = None, scaled: Opti
 
 # --------------------------------------------------------------------------- comparison across methods
 
-# (report key, axis label, factor): what compare's figure shows, in the units of its table
+# (report key, axis label): what compare's figure shows, in the units of metrics.json and its table
 COMPARISON_PANELS = (
-    ("ensemble_accuracy", "ensemble accuracy (%)", 1.0),
-    ("nll", "test NLL (nats)", 1.0),
-    ("ece", "test ECE (%)", 100.0),
-    ("classifier_share_rate", "classifier share rate (%)", 1.0),
-    ("encoder_share_rate", "encoder share rate (%)", 1.0),
+    ("ensemble_accuracy", "ensemble accuracy (%)"),
+    ("nll", "test NLL (nats)"),
+    ("ece", "test ECE (%)"),
+    ("classifier_share_rate", "classifier share rate (%)"),
+    ("encoder_share_rate", "encoder share rate (%)"),
 )
 
 
@@ -410,11 +410,11 @@ def plot_comparison(results: dict, path, title: Optional[str] = None):
     methods = list(results)
     width = max(8.0, 2.3 * len(COMPARISON_PANELS))
     fig = Figure(figsize=(width, 3.6 + 0.15 * max(len(m) for m in methods) / 4), dpi=100, layout="constrained")
-    for p, (key, label, factor) in enumerate(COMPARISON_PANELS):
+    for p, (key, label) in enumerate(COMPARISON_PANELS):
         ax = fig.add_subplot(1, len(COMPARISON_PANELS), p + 1)
         drawn = False
         for i, method in enumerate(methods):
-            values = [float(r[key]) * factor for r in results[method]
+            values = [float(r[key]) for r in results[method]
                       if r.get(key) is not None and math.isfinite(float(r[key]))]
             if not values:
                 continue

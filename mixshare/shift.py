@@ -134,7 +134,7 @@ def read_svhn_mat(path: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def set_metrics(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = "logits") -> dict:
-    """One test set's ``accuracy`` (%), ``nll`` (nats), ``ece`` (fraction) of the ensemble and, as lists
+    """One test set's ``accuracy`` (%), ``nll`` (nats), ``ece`` (%) of the ensemble and, as lists
     of M, ``subnetwork_accuracy``, ``subnetwork_nll``, ``subnetwork_ece``. ``logits [M, N, K]``."""
     probs = metrics.ensemble_probs(logits, ensemble)
     return {
@@ -197,8 +197,9 @@ def shift_summary(results: dict) -> dict:
 
 def mean_corruption_error(results: dict, baseline: dict) -> dict:
     """Hendrycks & Dietterich's mCE: per corruption c, ``CE_c = sum_s E(c, s) / sum_s E_base(c, s)``
-    with E = 100 - accuracy (% error) over the severities both hold; ``mCE`` = mean over corruptions
-    (a ratio, 1 = the baseline's errors; x100 for the paper's %). Returns ``{"mCE", "CE": {c: CE_c}}``."""
+    with E = 100 - accuracy (% error) over the severities both hold; ``mCE`` = mean over corruptions,
+    both in percent as the paper reports them (100 = the baseline's errors). Returns
+    ``{"mCE", "CE": {c: CE_c}}``."""
     ours: dict = {}
     for key, row in results.items():
         c, s = _split(key)
@@ -212,7 +213,7 @@ def mean_corruption_error(results: dict, baseline: dict) -> dict:
         base = sum(b for _, b in pairs)
         if base <= 0:
             raise ValueError(f"baseline makes no error on {c}: its corruption error is undefined")
-        ce[c] = sum(e for e, _ in pairs) / base
+        ce[c] = 100.0 * sum(e for e, _ in pairs) / base
     return {"mCE": sum(ce.values()) / len(ce), "CE": ce}
 
 
@@ -231,7 +232,7 @@ def to_model_input(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[fl
 def _report(progress, done: int, total: int, key: str, row: dict) -> None:
     if progress is True:
         print(f"[{done}/{total}] {key}: accuracy {row['accuracy']:.2f}%  nll {row['nll']:.4f}  "
-              f"ece {row['ece']:.4f}", file=sys.stderr, flush=True)
+              f"ece {row['ece']:.2f}%", file=sys.stderr, flush=True)
     elif callable(progress):
         progress(done, total, key, row)
 

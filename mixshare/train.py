@@ -257,6 +257,7 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
                 plan = methods.sample_plan(config, labels.shape[1], grid, epoch, loader.sample_generator, host_rng,
                                            model.num_features, scale=model.mixing_scale)
                 loss, logits = training_step(net, images, labels, plan, optimizer, bf16=on_gpu and config.bf16)
+                lr = optimizer.param_groups[0]["lr"]  # the lr this step trained at
                 scheduler.step()
                 loss_sum += loss
                 correct += (logits.argmax(-1) == labels).sum()
@@ -276,7 +277,7 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
             _check_test_nll(test["nll"], f"in epoch {epoch + 1}", ckpt_path, saved_epoch)
             row = {
                 "epoch": epoch + 1,
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": lr,
                 "train_loss": train_loss,
                 "train_accuracy": 100.0 * correct_total / max(seen_total, 1),
                 **history_metrics(test),
@@ -304,6 +305,7 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
             if ddp.main:
                 write_history(os.path.join(out_dir, files.HISTORY), history)
                 scalars.write(row)
+                print(epoch_line(row, config.epochs, history[start_epoch:]), file=sys.stderr, flush=True)
             if stop_after_epoch is not None and epoch + 1 >= stop_after_epoch and epoch + 1 < config.epochs:
                 return {}
 
@@ -314,6 +316,25 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
         return report
     except KeyboardInterrupt:
         raise RunInterrupted(f"interrupted; {_kept(ckpt_path, saved_epoch)}") from None
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``3 min 05 s``, ``1 h 02 min``."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def epoch_line(row: dict, epochs: int, timed: list) -> str:
+    """The line printed after each epoch: its training loss, the test accuracy and NLL of the
+    ensemble, its time and the time left at the mean of the epochs ``timed`` in this process."""
+    left = (epochs - int(row["epoch"])) * sum(r["seconds"] for r in timed) / max(len(timed), 1)
+    return (f"epoch {row['epoch']}/{epochs}: train loss {row['train_loss']:.4f}, test accuracy "
+            f"{row['test_accuracy']:.2f}%, test NLL {row['test_nll']:.4f}, {duration(row['seconds'])}"
+            + (f", about {duration(left)} left" if round(left) > 0 else ""))
 
 
 def _check_test_nll(nll: float, when: str, ckpt_path: str, saved_epoch: int) -> None:

@@ -72,7 +72,7 @@ def test_run_with_calibration_split_reports_temperature_scaled_metrics(tmp_path)
     report = train.train(config, str(tmp_path))
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["calibration_split"] == 0.25 and saved["calibration_images"] == 12
-    assert saved["temperature"] > 0 and saved["nll_ts"] > 0 and 0 <= saved["ece_ts"] <= 1
+    assert saved["temperature"] > 0 and saved["nll_ts"] > 0 and 0 <= saved["ece_ts"] <= 100
     assert report["nll_ts"] == saved["nll_ts"]
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -144,13 +144,13 @@ def _result(accuracy, nll, ece, nll_ts=None, ece_ts=None):
 
 
 def test_comparison_table_has_nll_and_ece_columns():
-    table = cli.comparison_table({"fadeout": [_result(80.0, 0.9, 0.08), _result(82.0, 1.1, 0.06)],
-                                  "unmix-align": [_result(81.0, 0.7, 0.02)]})
+    table = cli.comparison_table({"fadeout": [_result(80.0, 0.9, 8.0), _result(82.0, 1.1, 6.0)],
+                                  "unmix-align": [_result(81.0, 0.7, 2.0)]})
     header, rule, fadeout, align = table.splitlines()
     assert header.endswith("| NLL | ECE (%) | runs |") and rule.count("|") == header.count("|")
     assert "| 1.000 ± 0.141 | 7.00 ± 1.41 | 2 |" in fadeout
     assert "| 0.700 | 2.00 | 1 |" in align
-    scaled = cli.comparison_table({"a": [_result(80.0, 0.9, 0.08, 0.8, 0.015)], "b": [_result(80.0, 0.9, 0.08)]})
+    scaled = cli.comparison_table({"a": [_result(80.0, 0.9, 8.0, 0.8, 1.5)], "b": [_result(80.0, 0.9, 8.0)]})
     header, _, a, b = scaled.splitlines()
     assert header.endswith("| NLL | ECE (%) | NLL (TS) | ECE (TS, %) | runs |")
     assert a.endswith("| 0.900 | 8.00 | 0.800 | 1.50 | 1 |") and b.endswith("| n/a | n/a | 1 |")

@@ -8,12 +8,13 @@ import pytest
 import torch
 
 from mixshare import cli, config as cfg, files
+from tests.test_runs_hostile import without_epoch_lines
 from tests.test_train import TINY_ARGS
 
 
 def _fails_cleanly(argv, capsys, *needles):
     assert cli.main(argv) == 2
-    err = capsys.readouterr().err.strip()
+    err = without_epoch_lines(capsys.readouterr().err)
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     for needle in needles:
         assert needle in err, (needle, err)

@@ -106,17 +106,17 @@ def test_ece_by_hand_15_bins():
     labels = torch.tensor([0, 0, 0, 0, 1])
     expected = 2 / 5 * abs(0.5 - 0.71) + 1 / 5 * abs(1 - 0.45) + 1 / 5 * abs(1 - 0.95) + 1 / 5 * abs(0 - 0.75)
     assert expected == pytest.approx(0.354)
-    assert metrics.ece(probs, labels) == pytest.approx(expected, abs=1e-6)
-    assert metrics.ece(probs, labels, n_bins=15) == pytest.approx(expected, abs=1e-6)
+    assert metrics.ece(probs, labels) == pytest.approx(100 * expected, abs=1e-4)  # percent
+    assert metrics.ece(probs, labels, n_bins=15) == pytest.approx(100 * expected, abs=1e-4)
     # one bin: |accuracy - mean confidence| over everything
-    assert metrics.ece(probs, labels, n_bins=1) == pytest.approx(abs(3 / 5 - 3.57 / 5), abs=1e-6)
+    assert metrics.ece(probs, labels, n_bins=1) == pytest.approx(100 * abs(3 / 5 - 3.57 / 5), abs=1e-4)
 
 
 def test_ece_bins_are_right_closed():
     # conf 0.5 (right) and 0.9 (wrong) with two bins (0, 0.5] and (0.5, 1]:
-    # separate bins -> 0.5*|1-0.5| + 0.5*|0-0.9| = 0.7 (a shared bin would give 0.2).
+    # separate bins -> 0.5*|1-0.5| + 0.5*|0-0.9| = 0.7 = 70% (a shared bin would give 20%).
     probs = torch.tensor([[0.5, 0.5], [0.1, 0.9]], dtype=torch.float64)
-    assert metrics.ece(probs, torch.tensor([0, 0]), n_bins=2) == pytest.approx(0.7)
+    assert metrics.ece(probs, torch.tensor([0, 0]), n_bins=2) == pytest.approx(70.0)
     # a confidence of exactly 1 goes to the last bin; a perfect, certain model has ECE 0
     assert metrics.ece(torch.eye(3), torch.tensor([0, 1, 2])) == 0.0
     with pytest.raises(ValueError, match="n_bins"):
@@ -325,8 +325,8 @@ def test_metrics_match_torchmetrics(mode):
     probs = metrics.ensemble_probs(logits, mode)
     k = probs.shape[1]
     ece_tm = tm.MulticlassCalibrationError(num_classes=k, n_bins=15, norm="l1")(probs, labels).item()
-    assert metrics.ece(probs, labels) == pytest.approx(ece_tm, abs=1e-6)
-    assert metrics.reliability_bins(probs, labels)["ece"] == pytest.approx(ece_tm, abs=1e-6)
+    assert metrics.ece(probs, labels) == pytest.approx(100 * ece_tm, abs=1e-4)  # percent, torchmetrics' a fraction
+    assert metrics.reliability_bins(probs, labels)["ece"] == pytest.approx(100 * ece_tm, abs=1e-4)
     acc_tm = tm.MulticlassAccuracy(num_classes=k, average="micro")(probs, labels).item()
     assert metrics.accuracy(probs, labels) == pytest.approx(100 * acc_tm, abs=1e-4)
 

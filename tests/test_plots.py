@@ -154,18 +154,18 @@ def _report(accuracy, nll, ece, classifier, encoder):
 
 
 def test_comparison_figure(tmp_path, figures):
-    results = {"single": [_report(99.4, 0.03, 0.016, 100.0, 100.0), _report(99.2, 0.035, 0.017, 100.0, 100.0)],
-               "cut-mixmo": [_report(82.0, 0.81, 0.29, 53.0, 74.8)],
-               "mixshare-fadeout": [_report(96.8, 0.33, 0.21, 81.0, None), _report(96.6, None, 0.19, 79.0, 95.6)]}
+    results = {"single": [_report(99.4, 0.03, 1.6, 100.0, 100.0), _report(99.2, 0.035, 1.7, 100.0, 100.0)],
+               "cut-mixmo": [_report(82.0, 0.81, 29.0, 53.0, 74.8)],
+               "mixshare-fadeout": [_report(96.8, 0.33, 21.0, 81.0, None), _report(96.6, None, 19.0, 79.0, 95.6)]}
     plots.plot_comparison(results, tmp_path / "compare.png", title="digits, wrn-10-1, seeds [0, 1]")
     fig = figures[-1]
     assert check_layout(fig) == []
-    assert [ax.get_ylabel() for ax in fig.axes] == [label for _, label, _ in plots.COMPARISON_PANELS]
-    # one point per run with a value, in the table's units (ECE in percent)
-    ece = fig.axes[[k for k, _, _ in plots.COMPARISON_PANELS].index("ece")]
+    assert [ax.get_ylabel() for ax in fig.axes] == [label for _, label in plots.COMPARISON_PANELS]
+    # one point per run with a value, in metrics.json's units
+    ece = fig.axes[[k for k, _ in plots.COMPARISON_PANELS].index("ece")]
     points = sorted(float(y) for c in ece.collections if isinstance(c, PathCollection) for _, y in c.get_offsets())
     assert points == pytest.approx([1.6, 1.7, 19.0, 21.0, 29.0])
-    nll = fig.axes[[k for k, _, _ in plots.COMPARISON_PANELS].index("nll")]
+    nll = fig.axes[[k for k, _ in plots.COMPARISON_PANELS].index("nll")]
     assert sum(len(c.get_offsets()) for c in nll.collections if isinstance(c, PathCollection)) == 4  # None left out
     with pytest.raises(ValueError, match="non-empty"):
         plots.plot_comparison({"single": []}, tmp_path / "bad.png")
