@@ -132,3 +132,25 @@ def test_sass_store_widths_are_counted_per_kernel():
     assert vec4.stores == {"STG.E": 1, "STG.E.128": 1} and vec4.loads == {"LDG.E.128": 1}
     assert scalar.stores == {"STG.E": 1} and scalar.loads == {"LDG.E": 1}
     assert sass_stores.regressions([vec4, scalar]) == [vec4]
+
+
+def test_poison_word_is_nan_in_every_float_dtype():
+    from benchmarks import gpu_edge
+
+    word = torch.tensor([gpu_edge.NAN_WORD], dtype=torch.int32)
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        assert word.view(dtype).isnan().all(), dtype
+
+
+def test_poison_finds_the_free_blocks_of_both_pools():
+    from benchmarks import gpu_edge
+
+    snapshot = [
+        {"device": 0, "address": 1000, "segment_type": "small",
+         "blocks": [{"size": 512, "state": "active_allocated"}, {"size": 1536, "state": "inactive"}]},
+        {"device": 0, "address": 1 << 30, "segment_type": "large",
+         "blocks": [{"address": (1 << 30), "size": 4096, "state": "inactive"},
+                    {"address": (1 << 30) + 4096, "size": 8192, "state": "active_allocated"}]},
+        {"device": 1, "address": 5000, "blocks": [{"size": 512, "state": "inactive"}]},
+    ]
+    assert gpu_edge.free_blocks(snapshot, 0) == [(1512, 1536), (1 << 30, 4096)]
