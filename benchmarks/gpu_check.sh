@@ -68,11 +68,13 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 # bounded SECONDS CMD...: CMD under a timeout (KILL 5 s after TERM).
 bounded() { local s=$1; shift; timeout -k 5 "$s" "$@"; }
 
+# No import of mixshare_ops compiles it: the build step is the only build.
+export MIXSHARE_OPS_JIT=0
 # The python's own bin folder first: its ninja (on the GPU machine nothing else is installed).
 PYBIN=$(bounded 60 "$PY" -c 'import sys; print(sys.executable)') || { note "python $PY does not start"; exit 1; }
 export PATH="$(dirname "$PYBIN"):$PATH"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
-export MIXSHARE_OPS_JIT=0 MIXSHARE_OPS_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+export MIXSHARE_OPS_CUDA=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
 unset MIXSHARE_OPS_BACKEND MIXSHARE_OPS_TRITON_AUTOTUNE
 
 EDGE=("$PY" -m benchmarks.gpu_edge)
@@ -110,10 +112,9 @@ else
   TESTS_FUSED=(-k "cuda-cuda" --require-backends cuda,triton)
   TESTS_TRITON=(-k "triton-cuda" --require-backends triton)
   TESTS_AUTOTUNE=(-k "triton-cuda and $AUTOTUNE_SUBSET" --require-backends triton)
-  BENCH=(--device cuda --dtypes bfloat16 --repeat 5)
+  BENCH=(--device cuda --dtypes bfloat16 --repeat 5 --shapes imagenet-stem vit-grid "cifar-mix B=128" wrn28-10-final)
   BENCH_PROVIDERS=(cuda triton eager compile) BENCH_WITHOUT_FUSED=(triton eager compile)
-  COMPILE_PROVIDERS=(cuda triton compile)
-  COMPILE_SHAPES=(--shapes "cifar-mix B=128" wrn28-10-final imagenet-stem vit-grid)
+  COMPILE_PROVIDERS=(cuda triton compile) COMPILE_SHAPES=()
   TRAIN=(--device cuda --train-models wrn-28-2 --train-variants single mixshare/cuda mixshare/triton --train-steps 10)
   BUILD=(env "NVCC_APPEND_FLAGS=${NVCC_APPEND_FLAGS:--lineinfo} -Xptxas -v" "$PY" setup.py -q build_ext --inplace)
 fi
@@ -206,7 +207,7 @@ EOF
   command -v nvcc >/dev/null && bounded 20 nvcc --version | tail -n 1
   echo "cpus: $(nproc)"
 } >"$OUT/env.txt" 2>&1
-note "env: $(sed -n 3p "$OUT/env.txt")"
+note "env: $(grep -m 1 "^python " "$OUT/env.txt")"
 gpu_state start
 
 # The build (first call only) in the background while the Triton kernels are checked; then the backend check.
