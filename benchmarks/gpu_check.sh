@@ -211,8 +211,9 @@ note "env: $(grep -m 1 "^python " "$OUT/env.txt")"
 gpu_state start
 
 # The build (first call only) in the background while the Triton kernels are checked; then the backend check.
+mkdir -p "$(dirname "$STATE")"
 if [[ $MODE == full ]]; then
-  mkdir -p "$(dirname "$STATE")" && : >"$STATE"
+  : >"$STATE"
   ( start=$(date +%s); bounded 240 "${BUILD[@]}"; rc=$?; echo "build rc=$rc in $(( $(date +%s) - start ))s" ) >"$OUT/build.txt" 2>&1 &
   BUILD_PID=$!
   phase edge-triton 90 "$OUT/edge.txt" "${EDGE[@]}" "${EDGE_TRITON[@]}"
