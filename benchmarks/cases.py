@@ -364,3 +364,14 @@ def iter_cases(shapes, dtypes, providers, ops=OPS, layouts=LAYOUTS):
                 for dtype_name in dtypes:
                     for provider in providers:
                         yield Spec(op, shape, dtype_name, provider, layout, subnets)
+
+
+def value_order(specs) -> list[Spec]:
+    """``specs`` in the order that answers the targets soonest when a run may be cut off: the
+    bandwidth-bound shapes of every op first, then the CIFAR shapes, then the rest, and
+    ``torch.compile`` (a cold compile per case) after all others; report order within each group."""
+    def rank(spec: Spec) -> tuple[int, int]:
+        shape_rank = 0 if spec.shape.bandwidth_bound else 1 if spec.shape.cifar else 2
+        return spec.provider == "compile", shape_rank
+
+    return sorted(specs, key=rank)

@@ -53,12 +53,44 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # ------------------------------------------------------------------- helpers
 
 
+# NaN as a float32 word and as each of its bfloat16 and float16 halves.
+NAN_WORD = 0x7FC07FC0
+
+
+def free_blocks(snapshot: list[dict], device_index: int) -> list[tuple[int, int]]:
+    """``(address, bytes)`` of the free blocks of the caching allocator's segments on one device, in
+    both pools (``torch.cuda.memory_snapshot()``: blocks in address order within each segment)."""
+    blocks = []
+    for segment in snapshot:
+        if segment.get("device", device_index) != device_index:
+            continue
+        address = segment["address"]
+        for block in segment["blocks"]:
+            if block["state"] == "inactive":
+                blocks.append((block.get("address", address), block["size"]))
+            address += block["size"]
+    return blocks
+
+
+class _DeviceWords:
+    """Raw device memory as int32 words, for ``torch.as_tensor`` (no allocation)."""
+
+    def __init__(self, address: int, nbytes: int):
+        self.__cuda_array_interface__ = {"shape": (nbytes // 4,), "typestr": "<i4", "data": (address, False),
+                                         "strides": None, "version": 2}
+
+
 def poison(device: torch.device) -> None:
-    """Fill the caching allocator's free memory with NaN (no-op off CUDA)."""
+    """Fill every free block of the caching allocator with NaN, the small pool (blocks under 1 MiB,
+    where small outputs are allocated) as well as the large one (no-op off CUDA)."""
     if device.type != "cuda":
         return
-    free = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    torch.full((max(free // 4 - 1024, 1 << 20),), float("nan"), device=device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    torch.cuda.synchronize(device)
+    for address, nbytes in free_blocks(torch.cuda.memory_snapshot(), index):
+        if nbytes >= 4:
+            torch.as_tensor(_DeviceWords(address, nbytes), device=device).fill_(NAN_WORD)
+    torch.cuda.synchronize(device)
 
 
 def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: Optional[torch.dtype] = None) -> None:

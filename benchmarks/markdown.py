@@ -172,6 +172,12 @@ def report(results: dict, images: list[str]) -> str:
         "`torch.stack` of channels_last maps gives); M = 2 unless the shape says M=3 (MixMo's rule: input 0 fills "
         "the box, the others mix linearly outside it); speedups compare the same shape, layout, M and dtype",
     ]
+    if env.get("rotate_bytes"):
+        out.append(f"- cases whose inputs and outputs fit in {env['rotate_bytes'] / 2**20:.0f} MiB (the L2 cache) rotate "
+                   "over copies of their inputs exceeding it twice (`rotated` in results.json), so they are not "
+                   "timed warm in L2")
+    if settings.get("complete") is False:
+        out.append("- **partial report**: written case by case; the run was cut off or is still running")
     if settings.get("skipped_cases"):
         out.append(f"- **{settings['skipped_cases']} case rows not run**: the time limit was reached (marked skipped)")
     out += [

@@ -9,9 +9,14 @@ a message on stderr; later imports load the cached library directly.
 ``MIXSHARE_OPS_JIT=0`` turns this off (the reference and Triton backends
 remain). The cache is ``$TORCH_EXTENSIONS_DIR/mixshare_ops_<hash>`` (default
 ``~/.cache/torch_extensions/py<ver>_<cpu|cu…>/``), one folder per torch version,
-source tree and set of flags; torch's lock file in that folder makes a second
-process wait for the first one's build. A failed build leaves its compiler
-output in ``FAILED`` there and is not retried until that file is deleted.
+source tree and set of flags. The build runs in its ``build`` subfolder under
+a lock naming its owner (``_build_cache.BuildLock``: another importer waits at
+most ``MIXSHARE_OPS_JIT_WAIT`` seconds, and takes the lock over from an owner
+that has ended or stopped refreshing it); the library is checked
+(``_build_cache.library_problem``) and renamed into the folder, so a partial
+file never has the final name, and a cached one is checked before it is
+loaded. A failed build leaves its compiler output in ``FAILED`` there and is
+not retried until that file is deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import sys
 import time
 
 import torch
+
+from mixshare_ops import _build_cache
 
 # A library missing any operator below, or an Autograd kernel, was built from
 # older sources and is not used.
@@ -47,6 +54,9 @@ JIT_ENV_VAR = "MIXSHARE_OPS_JIT"
 # while it runs: about 225 s of CPU time with torch 2.13 and GCC 12, so about
 # 2 minutes on 2 idle cores, rounded up for busy ones.
 JIT_MINUTES_2_CORES = 3
+JIT_WAIT_ENV_VAR = "MIXSHARE_OPS_JIT_WAIT"
+# Default wait for another process's build: a CUDA build on few cores.
+JIT_WAIT_S = 1800.0
 
 
 def _has_operator(op: str) -> bool:
@@ -140,44 +150,82 @@ def _say(message: str) -> None:
     print(f"mixshare_ops: {message}", file=sys.stderr, flush=True)
 
 
+def _jit_wait_s() -> float:
+    """Seconds to wait for another process's build (``MIXSHARE_OPS_JIT_WAIT``)."""
+    value = os.environ.get(JIT_WAIT_ENV_VAR, "")
+    try:
+        return float(value) if value else JIT_WAIT_S
+    except ValueError:
+        raise ValueError(f"{JIT_WAIT_ENV_VAR} must be a number of seconds, got {value!r}") from None
+
+
 def _jit_load() -> str | None:
     """Compiles (once) and loads the library; None, or why it is not loaded."""
-    from torch.utils import cpp_extension
-
     root = source_root()
     if root is None:
         return "mixshare_ops._C is not built and the C++ sources (mixshare_ops/csrc) are not installed"
     args = _jit_build_args(root)
     name = _jit_name(root, args)
+    from torch.utils import cpp_extension
+
     directory = pathlib.Path(cpp_extension._get_build_directory(name, verbose=False))
     library = directory / f"{name}.so"
     failed = directory / "FAILED"
-    global _library_path
-    if library.is_file() and not (directory / "lock").exists():
-        torch.ops.load_library(str(library))
-        _library_path = str(library)
-        return None
-    if failed.is_file():
-        return (f"compiling the C++ kernels failed (compiler output: {failed}; delete it to try again):\n"
-                + _tail(failed.read_text()))
     kernels = "C++ and CUDA kernels" if args["with_cuda"] else "C++ kernels"
-    if (directory / "lock").exists():
-        _say(f"waiting for another process compiling the {kernels} into {directory} ... "
-             "(if none is, a build was killed: delete its file 'lock')")
-    else:
-        _say(f"compiling the {kernels} (first use, about {JIT_MINUTES_2_CORES} minutes on 2 cores"
-             f"{', longer with CUDA' if args['with_cuda'] else ''}) into {directory} ... "
-             f"(set {JIT_ENV_VAR}=0 to skip; the reference and Triton backends work without them)")
+    if _build_cache.library_problem(library) is None:
+        return _load_library(library)
+    if failed.is_file():
+        return _failed_message(failed)
+
+    def on_wait(owner):
+        _say(f"waiting for {_build_cache.describe(owner)}, which is compiling the {kernels} into {directory} "
+             f"(at most {wait_s:.0f} s: {JIT_WAIT_ENV_VAR})")
+
+    def on_take_over(reason):
+        _say(f"taking over the build lock in {directory}: {reason}")
+
+    wait_s = _jit_wait_s()
+    lock = _build_cache.BuildLock(directory / _build_cache.LOCK_NAME, wait_s, on_wait, on_take_over)
+    try:
+        with lock:
+            # The process waited for may have built it, or failed.
+            if _build_cache.library_problem(library) is None:
+                return _load_library(library)
+            if failed.is_file():
+                return _failed_message(failed)
+            return _jit_build(name, args, directory, library, kernels)
+    except _build_cache.LockTimeout as exc:
+        return (f"the C++ kernels were not loaded: {exc} (or set {JIT_WAIT_ENV_VAR} to wait longer, "
+                f"{JIT_ENV_VAR}=0 not to compile them)")
+
+
+def _jit_build(name: str, args: dict, directory: pathlib.Path, library: pathlib.Path, kernels: str) -> str | None:
+    """Builds in ``directory/build`` (holding the build lock) and renames the checked library to ``library``."""
+    from torch.utils import cpp_extension
+
+    problem = _build_cache.library_problem(library) if library.exists() else None
+    build = directory / "build"
+    build.mkdir(parents=True, exist_ok=True)
+    # torch's own lock there is left by a killed build: this process holds the build lock.
+    (build / "lock").unlink(missing_ok=True)
+    _say(f"compiling the {kernels} (first use, about {JIT_MINUTES_2_CORES} minutes on 2 cores"
+         f"{', longer with CUDA' if args['with_cuda'] else ''}) into {directory} ... "
+         f"(set {JIT_ENV_VAR}=0 to skip; the reference and Triton backends work without them)"
+         + (f"; replacing {problem}" if problem else ""))
     start = time.monotonic()
     path_before = os.environ.get("PATH")
     try:
         _put_ninja_on_path()
-        path = cpp_extension.load(name, build_directory=str(directory), is_python_module=False, verbose=False,
-                                  **args)
+        built = pathlib.Path(cpp_extension.load(name, build_directory=str(build), is_python_module=False,
+                                                verbose=False, **args))
+        problem = _build_cache.library_problem(built)
+        if problem is not None:
+            raise RuntimeError(f"Error building extension: the linked library is unusable: {problem}")
+        os.replace(built, library)  # a partial file never has the final name
     except Exception as exc:  # noqa: BLE001 - any failure leaves the other backends usable
         output = f"{type(exc).__name__}: {exc}"
         if isinstance(exc, RuntimeError) and str(exc).startswith("Error building extension"):
-            failed.write_text(output)  # a compiler error: not retried at every import
+            (directory / "FAILED").write_text(output)  # a compiler error: not retried at every import
         _say(f"compiling the {kernels} failed after {time.monotonic() - start:.0f} s; "
              "using the reference and Triton backends")
         return f"compiling the C++ kernels failed:\n{_tail(output)}"
@@ -186,9 +234,22 @@ def _jit_load() -> str | None:
             os.environ.pop("PATH", None)
         else:
             os.environ["PATH"] = path_before
-    _say(f"done in {time.monotonic() - start:.0f} s ({path})")
-    _library_path = str(path)
+    _say(f"done in {time.monotonic() - start:.0f} s ({library})")
+    global _library_path
+    _library_path = str(library)  # cpp_extension.load loaded it; the rename kept the file
     return None
+
+
+def _load_library(library: pathlib.Path) -> None:
+    global _library_path
+    torch.ops.load_library(str(library))
+    _library_path = str(library)
+    return None
+
+
+def _failed_message(failed: pathlib.Path) -> str:
+    return (f"compiling the C++ kernels failed (compiler output: {failed}; delete it to try again):\n"
+            + _tail(failed.read_text()))
 
 
 def _put_ninja_on_path() -> None:

@@ -248,3 +248,33 @@ def test_time_limit_lists_cases_not_run():
     text = markdown.report({"environment": env, "settings": settings, "ops": rows, "train": [], "sync_check": {},
                             "targets": []}, [])
     assert f"{len(rows)} case rows not run" in text and "skipped" in text
+
+
+def test_value_order_puts_bandwidth_bound_first_and_compile_last():
+    specs = list(cases.iter_cases(cases.cuda_shapes(), ["bfloat16"], ["cuda", "compile", "eager"],
+                                  ["box_mix", "cutmix_unmix_pool"]))
+    ordered = cases.value_order(specs)
+    assert sorted(s.id for s in ordered) == sorted(s.id for s in specs)
+    ranks = [(s.provider == "compile", 0 if s.shape.bandwidth_bound else 1 if s.shape.cifar else 2) for s in ordered]
+    assert ranks == sorted(ranks) and ranks[0] == (False, 0) and ranks[-1][0]
+    first = [s for s in ordered if s.provider != "compile" and s.shape.bandwidth_bound]
+    assert {s.op for s in first} == {"box_mix", "cutmix_unmix_pool"} and {s.provider for s in first} == {"cuda", "eager"}
+
+
+def test_cases_smaller_than_l2_rotate_over_copies():
+    """A case that fits in rotate_bytes is timed over copies whose inputs exceed it twice."""
+    from benchmarks import report
+
+    assert report.copies_for(10 << 20, 50 << 20) == 10 and report.copies_for(60 << 20, 50 << 20) == 1
+    assert report.copies_for(1, 50 << 20) == 64 and report.copies_for(1 << 20, 0) == 1
+    calls = []
+    fn = report._rotating([lambda i=i: calls.append(i) for i in range(3)])
+    for _ in range(7):
+        fn()
+    assert calls == [0, 1, 2, 0, 1, 2, 0]
+    written = []
+    rows = report.run_ops(CPU, cases.quick_shapes()[:1], ["float32"], ["cpu"], ["box_mix"], repeat=1,
+                          sample_s=0.001, rotate_bytes=4 << 20, on_case=lambda rows: written.append(len(rows)),
+                          log=lambda line: None)
+    assert rows and all(r["rotated"] > 1 and "median_ms" in r for r in rows)
+    assert written == [3, 6]  # after each case (2 layouts x 3 modes)

@@ -57,7 +57,8 @@ Tile sizes come from :func:`elementwise_meta` and :func:`pool_meta`. On GPUs
 (``AUTOTUNE``) the element-wise and pooling kernels are autotuned over the
 ``(TILE, num_warps)`` candidates of ``ELEMENTWISE_TUNING`` / ``POOL_TUNING``,
 which the prune hook turns into concrete tiles with the same heuristics;
-``AUTOTUNE = False`` launches the first candidate without benchmarking. The
+``AUTOTUNE = False`` (the interpreter, or ``MIXSHARE_OPS_TRITON_AUTOTUNE=0``)
+launches the first candidate without benchmarking. The
 key (``AUTOTUNE_KEY``, plus the dtypes) leaves out ``B``: a new batch size
 reuses the tiles tuned for its feature size (valid for any ``B``), and ``B``
 is not specialised on (``UNSPECIALIZED``), so it does not compile a new
@@ -78,7 +79,10 @@ from triton.runtime.autotuner import Autotuner
 from mixshare_ops._layout import CHANNELS_LAST
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-AUTOTUNE = not INTERPRET
+# MIXSHARE_OPS_TRITON_AUTOTUNE=0 (read at import) launches the heuristic tiles
+# without benchmarking, as the interpreter does: one compile per variant.
+AUTOTUNE_ENV_VAR = "MIXSHARE_OPS_TRITON_AUTOTUNE"
+AUTOTUNE = not INTERPRET and os.environ.get(AUTOTUNE_ENV_VAR, "1").lower() not in ("0", "false", "no", "off")
 # In-sample values (offsets, lane indices, window products) that can reach
 # this make the launchers set INT64.
 INT32_LIMIT = 2**31
