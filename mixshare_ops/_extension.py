@@ -27,6 +27,7 @@ import os
 import pathlib
 import shutil
 import sys
+import threading
 import time
 
 import torch
@@ -54,6 +55,7 @@ JIT_ENV_VAR = "MIXSHARE_OPS_JIT"
 # while it runs: about 225 s of CPU time with torch 2.13 and GCC 12, so about
 # 2 minutes on 2 idle cores, rounded up for busy ones.
 JIT_MINUTES_2_CORES = 3
+JIT_HEARTBEAT_S = 30.0  # a "still compiling" line this often while the first-use build runs
 JIT_WAIT_ENV_VAR = "MIXSHARE_OPS_JIT_WAIT"
 # Default wait for another process's build: a CUDA build on few cores.
 JIT_WAIT_S = 1800.0
@@ -214,6 +216,10 @@ def _jit_build(name: str, args: dict, directory: pathlib.Path, library: pathlib.
          + (f"; replacing {problem}" if problem else ""))
     start = time.monotonic()
     path_before = os.environ.get("PATH")
+    done = threading.Event()
+    heartbeat = threading.Thread(target=_heartbeat, args=(done, start, kernels), name="mixshare_ops build heartbeat",
+                                 daemon=True)
+    heartbeat.start()
     try:
         _put_ninja_on_path()
         built = pathlib.Path(cpp_extension.load(name, build_directory=str(build), is_python_module=False,
@@ -230,6 +236,8 @@ def _jit_build(name: str, args: dict, directory: pathlib.Path, library: pathlib.
              "using the reference and Triton backends")
         return f"compiling the C++ kernels failed:\n{_tail(output)}"
     finally:
+        done.set()
+        heartbeat.join()
         if path_before is None:
             os.environ.pop("PATH", None)
         else:
@@ -238,6 +246,12 @@ def _jit_build(name: str, args: dict, directory: pathlib.Path, library: pathlib.
     global _library_path
     _library_path = str(library)  # cpp_extension.load loaded it; the rename kept the file
     return None
+
+
+def _heartbeat(done: threading.Event, start: float, kernels: str) -> None:
+    """Says every :data:`JIT_HEARTBEAT_S` seconds that the build goes on, until ``done`` is set."""
+    while not done.wait(JIT_HEARTBEAT_S):
+        _say(f"still compiling the {kernels} ({time.monotonic() - start:.0f} s so far)")
 
 
 def _load_library(library: pathlib.Path) -> None:

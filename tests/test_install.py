@@ -5,6 +5,7 @@ import compiles the C++ kernels into torch's extension cache."""
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -177,6 +178,7 @@ FAKE_BUILD = textwrap.dedent(
         return str(path)
 
     cpp_extension.load = fake_load
+    _extension.JIT_HEARTBEAT_S = float(os.environ.get("HEARTBEAT_S", "30"))
     torch.ops.load_library = lambda path: print("loaded", path)
     print("error:", _extension._jit_load())
     """
@@ -218,7 +220,7 @@ def test_truncated_cached_library_is_rebuilt_and_two_importers_build_once(tmp_pa
     """A truncated library and a killed build's torch lock in the cache: of two importers
     started together one rebuilds, the other waits and loads its library; neither loads the
     truncated file."""
-    env = _fake_build_env(tmp_path, BUILD_SECONDS="2")
+    env = _fake_build_env(tmp_path, BUILD_SECONDS="2", HEARTBEAT_S="0.5")
     directory, library = _cache_paths(env)
     (directory / "build").mkdir(parents=True)
     (directory / "build" / "lock").touch()
@@ -235,6 +237,7 @@ def test_truncated_cached_library_is_rebuilt_and_two_importers_build_once(tmp_pa
     assert len((tmp_path / "builds.log").read_text().split()) == 1, "exactly one process builds"
     errs = "".join(err for _, err in outputs)
     assert "waiting for process" in errs and "is truncated" in errs, errs
+    assert re.search(r"still compiling the C\+\+ kernels \(\d+ s so far\)", errs), errs  # the builder's heartbeat
     assert library.read_bytes() == built.read_bytes()
     assert not (directory / _build_cache.LOCK_NAME).exists()
 
