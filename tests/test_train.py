@@ -1,5 +1,6 @@
-"""End to end on CPU: every method trains, resume equality, NaN stop, 2-process gloo, CLI."""
+"""End to end on CPU: every method trains and learns, resume equality, NaN stop, 2-process gloo, CLI."""
 
+import csv
 import json
 import os
 import re
@@ -43,6 +44,32 @@ def test_every_method_trains_end_to_end(method, tmp_path):
     if method == "mixshare-fadeout":
         for name in ("training_curves", "encoder_profiles", "classifier_profiles", "conditional_variance"):
             assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# Four separable classes and an lr that learns them in six epochs (chance: 25%).
+LEARN = dict(epochs=6, synthetic_train=96, synthetic_test=48, batch_size=16, lr=0.1)
+
+
+def _learning(method, out) -> tuple[float, list[float]]:
+    """(test ensemble accuracy, training loss per epoch) of a LEARN run of ``method``."""
+    report = train.train(tiny_config(method, **LEARN), str(out))
+    with open(out / "history.csv") as fh:
+        losses = [float(row["train_loss"]) for row in csv.DictReader(fh)]
+    return report["ensemble_accuracy"], losses
+
+
+@pytest.mark.parametrize("method", ["single", "cut-mixmo", "mixshare-fadeout"])
+def test_training_learns(method, tmp_path):
+    """Well above chance on held-out images, the training loss down by a fifth or more."""
+    accuracy, losses = _learning(method, tmp_path)
+    assert accuracy >= 75.0 and losses[-1] < 0.8 * losses[0], (accuracy, losses)
+
+
+def test_learning_check_fails_when_the_optimizer_does_not_step(tmp_path, monkeypatch):
+    """The check above is not passed by a run that trains nothing."""
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, closure=None: None)
+    accuracy, losses = _learning("mixshare-fadeout", tmp_path)
+    assert not (accuracy >= 75.0 and losses[-1] < 0.8 * losses[0]), (accuracy, losses)
 
 
 def test_killed_and_resumed_run_ends_with_the_same_weights(tmp_path):
