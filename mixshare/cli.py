@@ -276,7 +276,8 @@ def cmd_compare(args) -> int:
         atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
         figure = plot_comparison(results, os.path.join(args.out, "compare.png"), title=header)
     print(table)
-    print(f"figure: {figure}; {len(runs)} runs in {duration(time.perf_counter() - started)}", flush=True)
+    print(f"figure: {figure}; {len(runs)} run{'s' if len(runs) > 1 else ''} in "
+          f"{duration(time.perf_counter() - started)}", flush=True)
     return 0
 
 

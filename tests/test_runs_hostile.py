@@ -404,7 +404,10 @@ def test_compare_reuses_only_a_run_of_the_same_config(tmp_path, capsys, monkeypa
     with monkeypatch.context() as patch:
         patch.setattr(train, "train", no_training)
         assert cli.main([*argv, "eval_batch_size=7", "--no-progress"]) == 0  # runtime keys differ: still reused
-    assert capsys.readouterr().out.strip().endswith(table.strip().splitlines()[-1])
+    again = capsys.readouterr().out
+    assert "== run 1/1: single, seed 0" in table and "== run" not in again  # trained once, then read back
+    assert [line for line in again.splitlines() if line.startswith("| single |")] == \
+        [line for line in table.splitlines() if line.startswith("| single |")]
     assert snapshot(run) == before
     fails_cleanly([*argv, "epochs=2"], capsys, f"{run} holds a run of another config (epochs: 1 there, 2 now); "
                                                "pass --rerun to retrain it")

@@ -156,6 +156,18 @@ def test_cli_train_eval_analyze_compare(tmp_path, capsys):
     assert "| method | ensemble acc. (%) | individual acc. (%) | classifier share rate (%)" in table
     assert "| single |" in table and "| unmix |" in table and " ± " in table
     assert (tmp_path / "cmp" / "compare.md").exists()
+    assert (tmp_path / "cmp" / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    announced = [line for line in table.splitlines() if line.startswith("== run ")]
+    assert [line.split(":")[0] for line in announced] == [f"== run {i}/4" for i in range(1, 5)]
+    assert "so far" in announced[0] and "left" in announced[1]  # the time left, from the runs done
+    # a finished run written before rates were all in percent is not reused
+    metrics_path = tmp_path / "cmp" / "unmix" / "seed1" / "metrics.json"
+    old = json.loads(metrics_path.read_text())
+    del old["metrics_format"]
+    metrics_path.write_text(json.dumps(old))
+    assert cli.main(["compare", "--methods", "single", "unmix", "--seeds", "0", "1", "--out", str(tmp_path / "cmp"),
+                     *TINY_ARGS, "epochs=1"]) == 2
+    assert "was written by an older mixshare" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
