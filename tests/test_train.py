@@ -189,3 +189,14 @@ def test_cli_errors_list_valid_choices(argv, message, capsys, tmp_path):
         code = exc.code
     assert code == 2
     assert re.search(message, capsys.readouterr().err)
+
+
+def test_epoch_line_and_durations():
+    """The line each epoch prints: loss, test accuracy (%) and NLL, seconds, and the time left at the
+    mean epoch time of this process."""
+    rows = [{"epoch": e, "train_loss": 0.5, "test_accuracy": 91.2, "test_nll": 0.314, "seconds": s}
+            for e, s in ((2, 10.0), (3, 6.0))]
+    assert train.epoch_line(rows[1], 15, rows) == ("epoch 3/15: train loss 0.5000, test accuracy 91.20%, "
+                                                   "test NLL 0.3140, 6 s, about 1 min 36 s left")
+    assert train.epoch_line(rows[1], 3, rows).endswith("test NLL 0.3140, 6 s")  # the last epoch: nothing left
+    assert [train.duration(s) for s in (0.4, 42, 185, 3725)] == ["0 s", "42 s", "3 min 05 s", "1 h 02 min"]
