@@ -1,5 +1,6 @@
 """Build paths: CMake library + load_library, nvcc -c of every .cu, setup.py without torch."""
 
+import ast
 import concurrent.futures
 import json
 import os
@@ -87,9 +88,17 @@ def test_cpu_kernels_use_torch_threads():
 @needs_parallel_torch
 @pytest.mark.skipif(not mixshare_ops.backend_info()["cpu_kernels"], reason="C++ extension not built")
 def test_one_openmp_runtime_is_loaded():
-    """Linking -fopenmp must not load a second OpenMP runtime beside torch's."""
-    maps = pathlib.Path("/proc/self/maps").read_text().splitlines()
-    runtimes = {line.split()[-1] for line in maps if any(n in line for n in ("libgomp", "libiomp", "libomp"))}
+    """Linking -fopenmp must not load a second OpenMP runtime beside torch's: a fresh process that
+    runs a compiled kernel maps one (the suite's own process may hold others, e.g. scikit-learn's)."""
+    script = ("import pathlib, torch, mixshare_ops; "
+              "w = torch.tensor([[1.0, 0.0]] * 4); "
+              "mixshare_ops.box_mix(torch.rand(2, 4, 3, 8, 8), torch.tensor([[0, 0, 4, 4]] * 4, dtype=torch.int32), "
+              "w, w.flip(1), backend='cpu'); "
+              "maps = pathlib.Path('/proc/self/maps').read_text().splitlines(); "
+              "print(sorted({l.split()[-1] for l in maps if any(n in l for n in ('libgomp', 'libiomp', 'libomp'))}))")
+    run = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-4000:]
+    runtimes = ast.literal_eval(run.stdout.strip().splitlines()[-1])
     assert len(runtimes) == 1, runtimes
 
 
