@@ -276,8 +276,10 @@ def cmd_compare(args) -> int:
         atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
         figure = plot_comparison(results, os.path.join(args.out, "compare.png"), title=header)
     print(table)
-    print(f"figure: {figure}; {len(runs)} run{'s' if len(runs) > 1 else ''} in "
-          f"{duration(time.perf_counter() - started)}", flush=True)
+    read_back = len(runs) - len(trained)
+    print(f"figure: {figure}; {len(trained)} run{'' if len(trained) == 1 else 's'} trained"
+          + (f", {read_back} read back" if read_back else "") + f", {duration(time.perf_counter() - started)} in all",
+          flush=True)
     return 0
 
 
