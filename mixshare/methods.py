@@ -220,5 +220,6 @@ def _build_method_config(method: str, model, epochs, settings: dict) -> Config:
         config = apply(Config(), values, source)
         validate(config)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        message = str(exc).replace(f" in {source}", "")  # apply's own mention of the source
+        raise ConfigError(f"{source}: {message}") from None
     return config

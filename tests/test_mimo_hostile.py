@@ -165,8 +165,9 @@ DRAW_CASES = [  # (id, keyword arguments of draw_plan, exception, message)
 def test_draw_plan_refuses_bad_settings(kwargs, exc, message):
     kwargs = dict(kwargs)
     method, model, images = kwargs.pop("method", "cut-mixmo"), kwargs.pop("model", MODEL), kwargs.pop("images", IMAGES)
-    with pytest.raises(exc, match=message):
+    with pytest.raises(exc, match=message) as error:
         draw_plan(method, model, images, **kwargs)
+    assert str(error.value).count("draw_plan(") <= 1, str(error.value)  # the source named once
 
 
 # ------------------------------------------------------------------------------------------- mimo_loss
