@@ -1,4 +1,4 @@
-"""``mixshare`` command line: train, eval, analyze, compare."""
+"""``mixshare`` command line: train, eval, analyze, compare, ensemble."""
 
 # torch is imported only inside the commands, so that --help answers at once.
 from __future__ import annotations
@@ -131,6 +131,22 @@ def cmd_analyze(args) -> int:
                                       config=config)
         atomic_write_text(os.path.join(args.out, "analysis.json"), json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("encoder_share_rate", "classifier_share_rate", "plots")}, indent=2))
+    return 0
+
+
+def cmd_ensemble(args) -> int:
+    from mixshare.ensemble import evaluate_ensemble
+    from mixshare.files import atomic_write_text, output_folder
+
+    import contextlib
+
+    with output_folder(args.out) if args.out is not None else contextlib.nullcontext():
+        report = evaluate_ensemble(args.runs, device=args.device, data_dir=args.data_dir, ensemble=args.ensemble,
+                                   timing_repeats=args.repeats)
+        text = json.dumps(report, indent=2)
+        if args.out is not None:
+            atomic_write_text(os.path.join(args.out, "ensemble.json"), text + "\n")
+    print(text)
     return 0
 
 
@@ -381,6 +397,18 @@ def make_parser() -> argparse.ArgumentParser:
                    help="retrain every run, replacing those in OUT (default: reuse a finished run of the same "
                         "config, resume an unfinished one, refuse one of another config)")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("ensemble", help="the Deep Ensemble of independently trained runs on their test split")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="2 or more run folders (holding checkpoint.pt) or checkpoints, of one dataset")
+    p.add_argument("--out", help="folder to write ensemble.json into")
+    p.add_argument("--data-dir")
+    p.add_argument("--device")
+    p.add_argument("--ensemble", choices=["probs", "logits"], default="probs",
+                   help="how the runs' predictions are combined: probs (mean softmax, default) | logits (mean logits)")
+    p.add_argument("--repeats", type=_non_negative_int, default=10,
+                   help="timed predictions of ms_per_example (median; 0: not timed)")
+    p.set_defaults(func=cmd_ensemble)
     return parser
 
 
@@ -391,6 +419,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
     return value
 
 
