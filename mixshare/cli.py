@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import math
@@ -137,8 +138,6 @@ def cmd_analyze(args) -> int:
 def cmd_ensemble(args) -> int:
     from mixshare.ensemble import evaluate_ensemble
     from mixshare.files import atomic_write_text, output_folder
-
-    import contextlib
 
     with output_folder(args.out) if args.out is not None else contextlib.nullcontext():
         report = evaluate_ensemble(args.runs, device=args.device, data_dir=args.data_dir, ensemble=args.ensemble,
