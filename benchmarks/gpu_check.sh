@@ -167,8 +167,13 @@ phase() {
 # gpu_state WHEN: clocks, temperature, power and throttle reasons into env.txt, one line into the summary.
 gpu_state() {
   command -v nvidia-smi >/dev/null || return 0
-  local query=clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,clocks_throttle_reasons.active line
-  line=$(bounded 20 nvidia-smi --query-gpu=$query --format=csv,noheader 2>&1 | head -n 1)
+  # clocks_event_reasons is the current name (drivers >= 535) of clocks_throttle_reasons, tried second
+  local query line reasons
+  for reasons in clocks_event_reasons.active clocks_throttle_reasons.active; do
+    query=clocks.sm,clocks.max.sm,clocks.mem,temperature.gpu,power.draw,$reasons
+    line=$(bounded 20 nvidia-smi --query-gpu=$query --format=csv,noheader 2>&1 | head -n 1)
+    [[ $line == *"not a valid field"* || $line == *"Invalid"* ]] || break
+  done
   { echo "--- nvidia-smi at $1: $query"; echo "$line"; bounded 20 nvidia-smi -q -d CLOCK,PERFORMANCE; } >>"$OUT/env.txt" 2>&1
   note "gpu at $1: $line (sm MHz, max sm MHz, mem MHz, C, W, throttle reasons)"
 }
