@@ -106,6 +106,13 @@ PRESETS = {
     "unmix-align": dict(_UNMIX, encoder_init="identical"),
     "mixshare-partial": dict(_UNMIX, encoder_init="identical", unmix_channels=0.25),
     "mixshare-fadeout": dict(_UNMIX, encoder_init="identical", fade_fraction=1 / 3),
+    # MIMO's naive multihead baseline (its Figures 3-4, Tables 1-2): one input, the body shared, M heads.
+    # Every member gets the same identically augmented image (input repetition 1, see MimoLoader) and the
+    # M encodings are summed: the sum of M linear encoders on one image is one encoder. batch_repetition 1:
+    # MIMO's appendix B trains the naive multihead with the baselines' recipe (batch 512, no repetition);
+    # batch repetition b = 4 is set for MIMO alone, as part of its own method. b = 1 also gives it the
+    # lr of `single` (0.1 / b * batch / 128), the network it only adds M - 1 heads to.
+    "multihead": dict(_MIXMO, mixing="sum", loss_root=1.0, input_repetition=1.0, batch_repetition=1),
 }
 
 

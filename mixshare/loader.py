@@ -6,7 +6,9 @@ One pass over the loader is one epoch. Each step yields ``images [M, R, C, H, W]
 (batch repetition b, input repetition rho, M shuffled views: see
 :func:`mixshare.data.mimo_epoch_indices`), a random crop and flip per image,
 channels_last if asked, and under DDP this rank's share of the rows. Nothing
-syncs with the host.
+syncs with the host. Each member's copy of an image is augmented on its own, except
+at ``input_repetition == 1`` (every row shared, the ``multihead`` preset), where one
+augmentation per image is drawn and every member sees the same pixels.
 """
 
 from __future__ import annotations
@@ -79,8 +81,14 @@ class MimoLoader:
                 share = index.shape[1] // self.world_size
                 index = index[:, self.rank * share : (self.rank + 1) * share]
             m, r = index.shape
-            images = data.augment(ds.train_images[index.reshape(-1)], ds.hflip, self.sample_generator,
-                                  fill=ds.pad_value)
+            if self.input_repetition == 1.0:
+                # Every row is shared (the naive multihead baseline): one augmentation per image, the
+                # same for all M members, so every member sees exactly the same pixels.
+                images = data.augment(ds.train_images[index[0]], ds.hflip, self.sample_generator,
+                                      fill=ds.pad_value).repeat(m, 1, 1, 1)
+            else:  # each member's copy of a row augmented on its own (shared rows included)
+                images = data.augment(ds.train_images[index.reshape(-1)], ds.hflip, self.sample_generator,
+                                      fill=ds.pad_value)
             if self.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             yield images.view(m, r, *images.shape[1:]), ds.train_labels[index]

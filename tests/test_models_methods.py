@@ -168,7 +168,8 @@ def test_forward_with_plan_mixes_and_unmixes():
 
 def test_presets_cover_the_paper_methods():
     assert set(cfg.PRESETS) == {
-        "single", "mimo", "linear-mixmo", "cut-mixmo", "unmix", "unmix-align", "mixshare-partial", "mixshare-fadeout"}
+        "single", "mimo", "linear-mixmo", "cut-mixmo", "unmix", "unmix-align", "mixshare-partial", "mixshare-fadeout",
+        "multihead"}
     for name in cfg.PRESETS:
         cfg.validate(cfg.apply(cfg.Config(), cfg.preset(name), name))
     fade = cfg.apply(cfg.Config(epochs=300), cfg.preset("mixshare-fadeout"), "")

@@ -46,6 +46,28 @@ def test_every_method_trains_end_to_end(method, tmp_path):
             assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_multihead_trains_one_epoch_and_reports_share_rates(tmp_path):
+    """MIMO's naive multihead baseline: one input for every member, encodings summed, M heads."""
+    config = tiny_config("multihead", epochs=1)
+    assert (config.input_repetition, config.mixing, config.batch_repetition) == (1.0, "sum", 1)
+    report = train.train(config, str(tmp_path))
+    assert len(report["subnetwork_accuracy"]) == 2 and 0 <= report["ensemble_accuracy"] <= 100
+    for key in ("encoder_share_rate", "classifier_share_rate"):
+        assert isinstance(report[key], float) and 0 <= report[key] <= 100, (key, report[key])
+    assert len((tmp_path / "history.csv").read_text().splitlines()) == 2
+
+
+def test_cli_offers_and_compares_multihead(tmp_path, capsys):
+    methods = next(a for a in cli.make_parser()._subparsers._group_actions[0].choices["train"]._actions
+                   if "--method" in a.option_strings).choices
+    assert "multihead" in methods
+    assert cli.main(["compare", "--methods", "multihead", "--seeds", "0", "--out", str(tmp_path / "cmp"),
+                     *TINY_ARGS, "epochs=1", "plots=false"]) == 0
+    assert "| multihead |" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "cmp" / "multihead" / "seed0" / "metrics.json").read_text())
+    assert metrics["classifier_share_rate"] >= 0
+
+
 # Four separable classes and an lr that learns them in six epochs (chance: 25%).
 LEARN = dict(epochs=6, synthetic_train=96, synthetic_test=48, batch_size=16, lr=0.1)
 
