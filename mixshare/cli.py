@@ -102,12 +102,20 @@ def cmd_eval(args) -> int:
         fit_calibration
 
     model, config, state, device = _model_from_checkpoint(args.checkpoint, args.device)
-    dataset = _dataset_for(config, args.data_dir, device)
+    if args.data_dir:
+        config = cfg.apply(config, {"data_dir": args.data_dir}, "--data-dir")
+    dataset = _dataset_for(config, None, device)
     logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
     report = evaluate_model(model, dataset.test_images, dataset.test_labels, config, logits=logits)
     report.update(calibration_report(logits, dataset.test_labels, fit_calibration(model, dataset, config), config))
     report.update(analysis.share_rates(model))
     report.update(best_test_epoch(list(state.get("history", []))))
+    if args.shift:
+        from mixshare.evaluate import shift_report
+
+        report.update(shift_report(model, dataset, config, logits=logits, progress=True,
+                                   corruptions=args.corruptions, severities=args.severities,
+                                   max_images=-1 if args.shift_images is None else args.shift_images))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -162,11 +170,19 @@ def _mean_std(values, digits: int = 1) -> str:
 def comparison_table(results: dict) -> str:
     """Markdown table in the form of MixShare's Table 1 from {method: [metrics, ...]}, with the ensemble's
     test NLL and ECE (%) after it; the temperature-scaled NLL and ECE too when some run has them
-    (``calibration_split`` > 0)."""
-    scaled = any(r.get("nll_ts") is not None for runs in results.values() for r in runs)
+    (``calibration_split`` > 0); cAcc (%), cNLL, cECE (%) and the OOD AUROC (%, maximum softmax) when
+    some run has them, and ms/example when some run has it (``shift_eval``)."""
+    def some(key):
+        return any(r.get(key) is not None for runs in results.values() for r in runs)
+
+    scaled = some("nll_ts")
+    shifted = some("cAcc") or some("ood_auroc")
+    timed = some("ms_per_example")
     header = ("| method | ensemble acc. (%) | individual acc. (%) | classifier share rate (%) | "
               "encoder share rate (%) | NLL | ECE (%) |")
     header += " NLL (TS) | ECE (TS, %) |" if scaled else ""
+    header += " cAcc (%) | cNLL | cECE (%) | AUROC (%) |" if shifted else ""
+    header += " ms/example |" if timed else ""
     header += " runs |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for method, runs in results.items():
@@ -180,6 +196,11 @@ def comparison_table(results: dict) -> str:
         if scaled:
             line += (f" {_mean_std([r.get('nll_ts') for r in runs], 3)} |"
                      f" {_mean_std([r.get('ece_ts') for r in runs], 2)} |")
+        if shifted:
+            line += (f" {_mean_std([r.get('cAcc') for r in runs])} | {_mean_std([r.get('cNLL') for r in runs], 3)} |"
+                     f" {_mean_std([r.get('cECE') for r in runs], 2)} | {_mean_std([r.get('ood_auroc') for r in runs])} |")
+        if timed:
+            line += f" {_mean_std([r.get('ms_per_example') for r in runs], 3)} |"
         lines.append(line + f" {len(runs)} |")
     return "\n".join(lines)
 
@@ -264,7 +285,7 @@ def cmd_compare(args) -> int:
         repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
         if repeated:
             raise ValueError(f"{option} names {', '.join(map(str, repeated))} more than once: each is one run")
-    from mixshare.plots import plot_comparison
+    from mixshare.plots import plot_comparison, plot_severity
     from mixshare.train import duration
 
     results = {}
@@ -290,6 +311,9 @@ def cmd_compare(args) -> int:
         atomic_write_text(os.path.join(args.out, "compare.md"), f"# {header}\n\n{table}\n")
         atomic_write_text(os.path.join(args.out, "compare.json"), json.dumps(results, indent=2) + "\n")
         figure = plot_comparison(results, os.path.join(args.out, "compare.png"), title=header)
+        if any(r.get("shift_by_severity") for runs in results.values() for r in runs):
+            figure += ", " + plot_severity(results, os.path.join(args.out, "compare_severity.png"),
+                                           title=f"{header}: under corruption")
     print(table)
     read_back = len(runs) - len(trained)
     print(f"figure: {figure}; {len(trained)} run{'' if len(trained) == 1 else 's'} trained"
@@ -374,6 +398,16 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint")
     p.add_argument("--data-dir")
     p.add_argument("--device")
+    p.add_argument("--shift", action="store_true",
+                   help="also under shift: cAcc, cNLL, cECE over the corrupted test sets, OOD detection "
+                        "(ood_auroc ...) and ms_per_example (see README, 'Robust prediction in a run')")
+    p.add_argument("--corruptions", nargs="+", metavar="NAME",
+                   help="with --shift: the corruptions (default: all 15 of mixshare.corruptions)")
+    p.add_argument("--severities", nargs="+", type=int, choices=range(1, 6), metavar="S",
+                   help="with --shift: severities in 1..5 (default: all)")
+    p.add_argument("--shift-images", type=_non_negative_int, metavar="N",
+                   help="with --shift: test images per corrupted set, a seeded subset (0: all; default: 150 "
+                        "on digits and synthetic, all on CIFAR)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("analyze", help="feature-sharing analysis and plots of a checkpoint")

@@ -74,6 +74,8 @@ class Config:
     synthetic_test: int = _key(512, "synthetic dataset: test images")
     synthetic_classes: int = _key(100, "synthetic dataset: classes")
     synthetic_size: int = _key(32, "synthetic dataset: image side (pixels)")
+    shift_eval: bool = _key(False, "evaluate under corruptions and OOD after training (metrics.json's cAcc, "
+                                   "cNLL, cECE, ood_*, ms_per_example)")
 
     def lr_value(self) -> float:
         if self.lr is not None:

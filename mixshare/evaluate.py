@@ -6,6 +6,7 @@ import math
 import os
 from typing import Optional
 
+import numpy as np
 import torch
 
 from mixshare import analysis, metrics, plots
@@ -119,7 +120,8 @@ def final_report(model, dataset, config: Config, history: list, out_dir: Optiona
     the epoch of highest test ensemble accuracy, ties to the later epoch, and
     that accuracy (%). This is selection on the test set, the official MixMo
     code's convention, reported beside the last-epoch figure only to compare
-    with the papers' numbers like for like.
+    with the papers' numbers like for like. With ``config.shift_eval``, the keys
+    of :func:`shift_report` too (corruptions, OOD detection, ms_per_example).
     """
     logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
     report = evaluate_model(model, dataset.test_images, dataset.test_labels, config, logits=logits)
@@ -133,6 +135,8 @@ def final_report(model, dataset, config: Config, history: list, out_dir: Optiona
         method=config.method, model=config.model, dataset=config.dataset, seed=config.seed, epochs=config.epochs,
         num_subnets=config.num_subnets, metrics_format=METRICS_FORMAT,
     )
+    if getattr(config, "shift_eval", False):
+        report.update(shift_report(model, dataset, config, logits=logits, progress=True))
     if out_dir is not None and config.plots:
         write_plots(model, dataset, history, out_dir, config=config, logits=logits,
                     temperature=calibration["temperature"])
@@ -194,3 +198,213 @@ def write_plots(model, dataset, history: list, out_dir: str, num_images: int = 2
             variances, os.path.join(out_dir, "conditional_variance.png"), title=titled("conditional variance"),
             stage_names=names, channel_groups=groups if names else None))
     return paths
+
+
+# --------------------------------------------------------------------------- under shift (corruptions, OOD, cost)
+
+#: The images of the OOD stand-in: the two photographs scikit-learn ships (``load_sample_images``).
+OOD_PHOTOGRAPHS = "scikit-learn sample photographs"
+#: Offset of the generator that picks the OOD patches (and subsets) from the run's seed.
+OOD_SEED_OFFSET = 11
+#: Test images per corrupted set by default: a seeded subset on the embedded datasets (CPU-sized:
+#: 75 sets of the 450 digits would take ~30 s of a WRN-10-1 on 2 cores), every image otherwise.
+SHIFT_IMAGES = {"digits": 150, "synthetic": 150}
+#: Test images of the timed prediction (ms_per_example).
+COST_IMAGES = 100
+
+
+def pixel_space(dataset) -> tuple[torch.Tensor, tuple, tuple]:
+    """The test images in pixel space, for :mod:`mixshare.corruptions`: ``(pixels [N, C, H, W] in
+    [0, 1], mean, std)`` with ``(pixels - mean) / std`` per channel equal to ``dataset.test_images``.
+
+    The images are stored normalised (``(x - dataset.mean) / dataset.std``, :mod:`mixshare.data`);
+    ``x`` is recovered. Digits and CIFAR lie in [0, 1] (up to rounding, clamped). Images outside it
+    (the synthetic data, Gaussian values) are mapped affinely onto [0, 1] by the smallest range
+    ``[lo, hi]`` holding ``[0, 1]`` and every test value; the ``mean`` and ``std`` returned fold
+    that map in (``(mean - lo) / (hi - lo)``, ``std / (hi - lo)``), so the model still sees its own
+    input scale."""
+    images = dataset.test_images
+    shape = (1, -1, 1, 1)
+    mean = torch.tensor(dataset.mean, dtype=torch.float32, device=images.device).view(shape)
+    std = torch.tensor(dataset.std, dtype=torch.float32, device=images.device).view(shape)
+    x = images.float() * std + mean
+    lo, hi = float(x.min()), float(x.max())
+    if lo >= -1e-4 and hi <= 1 + 1e-4:
+        return x.clamp_(0.0, 1.0), tuple(dataset.mean), tuple(dataset.std)
+    lo, hi = min(0.0, lo), max(1.0, hi)
+    span = hi - lo
+    return ((x - lo) / span).clamp_(0.0, 1.0), tuple((m - lo) / span for m in dataset.mean), \
+        tuple(s / span for s in dataset.std)
+
+
+def _is_gray(pixels: torch.Tensor) -> bool:
+    """Whether ``pixels [N, C, H, W]`` has one channel, or C equal channels (the digits' grey replicated)."""
+    return pixels.shape[1] == 1 or bool((pixels == pixels[:, :1]).all())
+
+
+def photograph_patches(n: int, channels: int, size: tuple, seed: int = 0, gray: bool = False) -> torch.Tensor:
+    """The OOD stand-in of the embedded datasets: ``n`` patches of ``size = (H, W)`` pixels cut at
+    random (a CPU generator seeded ``seed``) from the two photographs ``sklearn.datasets.
+    load_sample_images`` returns (china.jpg, flower.jpg, 427 x 640, no download), alternating between
+    them. Float32 ``[n, channels, H, W]`` in [0, 1]; ``gray`` (or ``channels`` 1): the ITU-R 601 luma
+    replicated to ``channels``."""
+    from sklearn.datasets import load_sample_images
+
+    h, w = int(size[0]), int(size[1])
+    photos = [torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255 for img in load_sample_images().images]
+    if any(p.shape[1] < h or p.shape[2] < w for p in photos):
+        raise ValueError(f"patches of {h} x {w} do not fit in the {tuple(photos[0].shape[1:])} photographs")
+    gen = torch.Generator().manual_seed(int(seed))
+    tops = torch.randint(0, photos[0].shape[1] - h + 1, (n,), generator=gen).tolist()
+    lefts = torch.randint(0, photos[0].shape[2] - w + 1, (n,), generator=gen).tolist()
+    patches = torch.stack([photos[i % len(photos)][:, t:t + h, l:l + w] for i, (t, l) in enumerate(zip(tops, lefts))])
+    if gray or channels == 1:
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        patches = (patches * luma).sum(1, keepdim=True).expand(-1, channels, -1, -1)
+    elif channels != 3:
+        raise ValueError(f"photograph patches have 1 or 3 channels, got channels={channels}")
+    return patches.contiguous()
+
+
+def _subset(n_total: int, n: int, seed: int) -> Optional[torch.Tensor]:
+    if n >= n_total:
+        return None
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].sort().values
+
+
+def ood_set(dataset, config: Config, pixels: Optional[torch.Tensor] = None) -> tuple[str, torch.Tensor]:
+    """``(name, pixels [N_out, C, H, W] in [0, 1])``: the out-of-distribution set of ``dataset``, as many
+    images as its test set (fewer when the OOD set has fewer), on its device.
+
+    CIFAR-100: CIFAR-10's test images when ``config.data_dir`` holds them, else SVHN's
+    ``test_32x32.mat`` there (:func:`mixshare.shift.read_svhn_mat`); CIFAR-10: CIFAR-100's test
+    images, else SVHN. Otherwise (and for the digits and the synthetic data) patches of the
+    scikit-learn photographs (:func:`photograph_patches`, grey when the dataset is grey). Subsets and
+    patches are drawn from ``config.seed + OOD_SEED_OFFSET``."""
+    from pathlib import Path
+
+    from mixshare import data as mdata, shift
+
+    if pixels is None:
+        pixels = pixel_space(dataset)[0]
+    n, (c, h, w) = pixels.shape[0], pixels.shape[1:]
+    seed = int(config.seed) + OOD_SEED_OFFSET
+    name, images = None, None
+    if dataset.name in ("cifar10", "cifar100") and config.data_dir:
+        other = "cifar10" if dataset.name == "cifar100" else "cifar100"
+        svhn = Path(config.data_dir) / "test_32x32.mat"
+        try:
+            spec = mdata._CIFAR[other]
+            raw, _ = mdata._read_cifar_split(mdata._cifar_folder(config.data_dir, spec), spec["test"], spec)
+            name, images = f"{other} test", raw
+        except (mdata.DatasetError, OSError):
+            if svhn.is_file():
+                name, images = "svhn test", shift.read_svhn_mat(svhn)[0]
+    if images is None:
+        return (OOD_PHOTOGRAPHS, photograph_patches(n, c, (h, w), seed, gray=_is_gray(pixels)).to(pixels.device))
+    keep = _subset(images.shape[0], n, seed)
+    if keep is not None:
+        images = images[keep]
+    return name, (images.float() / 255).to(pixels.device)
+
+
+def _percent(values: dict) -> dict:
+    return {k: 100.0 * v for k, v in values.items()}
+
+
+def _corruption_progress(names: list, severities: list):
+    """A progress callable for :func:`mixshare.shift.evaluate_corruptions`: one stderr line per
+    corruption, once its last severity is done."""
+    import sys
+
+    rows: list = []
+
+    def report(done, total, key, row):
+        rows.append(row["accuracy"])
+        if len(rows) == len(severities):
+            corruption = key.rpartition("/")[0]
+            index = names.index(corruption) + 1
+            accuracies = " ".join(f"{a:.1f}" for a in rows)
+            print(f"[shift {index}/{len(names)}] {corruption}: accuracy (%) by severity {accuracies}",
+                  file=sys.stderr, flush=True)
+            rows.clear()
+
+    return report
+
+
+def shift_report(model, dataset, config: Config, *, severities=None, corruptions=None, seed: Optional[int] = None,
+                 max_images: Optional[int] = -1, cost_repeats: int = 5, progress: bool = False,
+                 logits: Optional[torch.Tensor] = None) -> dict:
+    """metrics.json's keys under distribution shift, from the test set corrupted on the model's device,
+    an OOD set and a timed prediction. Units as metrics.json's: rates in percent, NLL in nats.
+
+    * ``cAcc`` (%), ``cNLL``, ``cECE`` (%): the ensemble's accuracy, NLL and ECE averaged over every
+      corruption x severity set (each set weighs the same; MIMO's Tables 1-2), from
+      :func:`mixshare.shift.evaluate_corruptions` on the test images in pixel space
+      (:func:`pixel_space`), each set made with a generator seeded ``seed`` (default: the run's);
+      ``subnetwork_cAcc`` ... (lists of M);
+    * ``shift_by_severity``: ``{"0": clean, "1": ..., "5": ...}`` of ``{accuracy, nll, ece}`` (severity
+      "0": the same test images uncorrupted; the others: means over the corruptions);
+      ``shift_by_corruption`` likewise per corruption (mean over severities);
+    * ``shift_corruptions``, ``shift_severities``, ``shift_images`` (test images per set: a subset of
+      ``max_images`` drawn from ``seed + OOD_SEED_OFFSET``; -1: :data:`SHIFT_IMAGES` of the dataset,
+      all for CIFAR; None or 0: all), ``shift_seed``;
+    * ``ood_dataset`` (:func:`ood_set`), ``ood_images``, and ``ood_auroc``, ``ood_aupr_in``,
+      ``ood_aupr_out``, ``ood_fpr95`` (%) for the maximum-softmax score, ``ood_scores``: the four for
+      every score of :func:`mixshare.metrics.uncertainty_scores` (msp, entropy, mutual_information);
+    * ``ms_per_example``, ``parameters``, ``flops_per_example``, ``forward_passes`` of
+      :func:`mixshare.cost.prediction_cost` on a batch of up to :data:`COST_IMAGES` test images
+      (median of ``cost_repeats`` timed calls after 1 warm-up), ``cost_batch_size``.
+
+    ``severities`` (default 1..5), ``corruptions`` (default all 15 of
+    :data:`mixshare.corruptions.CORRUPTIONS`); ``progress``: one stderr line per corruption;
+    ``logits``: the model's clean test logits if already at hand.
+    """
+    from mixshare import corruptions as mcorruptions, cost, shift
+
+    names = list(mcorruptions.CORRUPTIONS if corruptions is None else corruptions)
+    severities = [int(s) for s in (mcorruptions.SEVERITIES if severities is None else severities)]
+    seed = int(config.seed if seed is None else seed)
+    pixels, mean, std = pixel_space(dataset)
+    labels = dataset.test_labels
+    if logits is None:
+        logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
+    if max_images == -1:
+        max_images = SHIFT_IMAGES.get(dataset.name)
+    keep = _subset(pixels.shape[0], int(max_images), seed + OOD_SEED_OFFSET) if max_images else None
+    shifted_pixels, shifted_labels, clean_logits = pixels, labels, logits
+    if keep is not None:
+        keep = keep.to(pixels.device)
+        shifted_pixels, shifted_labels, clean_logits = pixels[keep], labels[keep], logits[:, keep]
+    clean = shift.set_metrics(clean_logits, shifted_labels, config.ensemble)
+    report: dict = {}
+    if names and severities:
+        result = shift.evaluate_corruptions(
+            model, shifted_pixels, shifted_labels, mean, std, names=names, severities=severities, seed=seed,
+            batch_size=config.eval_batch_size, ensemble=config.ensemble,
+            progress=_corruption_progress(names, severities) if progress else False)
+        report.update({k: result[k] for k in ("cAcc", "cNLL", "cECE", "subnetwork_cAcc", "subnetwork_cNLL",
+                                              "subnetwork_cECE")})
+        by_severity = {str(s): row for s, row in result["by_severity"].items()}
+        by_corruption = result["by_corruption"]
+    else:
+        by_severity, by_corruption = {}, {}
+    report["shift_by_severity"] = {"0": {k: clean[k] for k in ("accuracy", "nll", "ece")}, **by_severity}
+    report["shift_by_corruption"] = by_corruption
+    report.update(shift_corruptions=names, shift_severities=severities, shift_images=int(shifted_pixels.shape[0]),
+                  shift_seed=seed)
+
+    ood_name, ood_pixels = ood_set(dataset, config, pixels)
+    ood_logits = collect_logits(model, shift.to_model_input(ood_pixels, mean, std), config.eval_batch_size,
+                                config.bf16)
+    scores = {name: _percent(values) for name, values in metrics.ood_metrics(logits, ood_logits,
+                                                                            config.ensemble).items()}
+    report.update(ood_dataset=ood_name, ood_images=int(ood_pixels.shape[0]),
+                  **{f"ood_{k}": v for k, v in scores["msp"].items()}, ood_scores=scores)
+
+    batch = dataset.test_images[:COST_IMAGES]
+    measured = cost.prediction_cost(model, batch, repeats=max(1, int(cost_repeats)), warmup=1)
+    report.update({k: measured[k] for k in ("ms_per_example", "parameters", "flops_per_example",
+                                            "forward_passes")})
+    report["cost_batch_size"] = measured["batch_size"]
+    return report

@@ -22,7 +22,7 @@ from mixshare.analysis import normalized_share_rate, share_rate
 from mixshare.files import temporary_path
 
 __all__ = ["plot_feature_profiles", "plot_conditional_variance", "plot_training_curves", "plot_reliability",
-           "plot_comparison", "run_label", "CONDITIONAL_VARIANCE_NOTE"]
+           "plot_comparison", "plot_severity", "run_label", "CONDITIONAL_VARIANCE_NOTE"]
 
 _SUBNET_COLORS = ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:brown", "tab:pink")
 _OVERLAP_COLOR = "tab:orange"
@@ -429,6 +429,67 @@ def plot_comparison(results: dict, path, title: Optional[str] = None):
         ax.set_xlim(-0.6, len(methods) - 0.4)
         ax.set_ylabel(label)
         ax.grid(True, axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(_wrap(title, width))
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- under corruption, per method
+
+# (metric of metrics.json's shift_by_severity, axis label): what the severity figure shows
+SEVERITY_PANELS = (
+    ("accuracy", "ensemble accuracy (%)"),
+    ("nll", "NLL (nats)"),
+)
+
+
+def _by_severity(report: dict) -> dict:
+    """``{severity (int): {accuracy, nll, ece}}`` of a report's ``shift_by_severity`` (JSON keys are strings)."""
+    rows = report.get("shift_by_severity") or {}
+    return {int(s): row for s, row in rows.items()}
+
+
+def plot_severity(results: dict, path, title: Optional[str] = None):
+    """Accuracy and NLL against the corruption severity (0 = clean, 1..5), one line per method: the
+    mean over its runs (seeds) of ``shift_by_severity`` (metrics.json with ``shift_eval``; the mean
+    over the corruptions at each severity). Runs without it are left out; a method with none is
+    not drawn (a panel with no line says so).
+
+    ``results``: ``{method: [report, ...]}`` as ``mixshare compare`` collects them.
+    """
+    if not results or not all(isinstance(runs, (list, tuple)) and runs for runs in results.values()):
+        raise ValueError("results must map each method to a non-empty list of reports")
+    width = 9.0
+    fig = Figure(figsize=(width, 4.0), dpi=100, layout="constrained")
+    axes = [fig.add_subplot(1, len(SEVERITY_PANELS), p + 1) for p in range(len(SEVERITY_PANELS))]
+    drawn = False
+    severities_seen: set = set()
+    for i, (method, runs) in enumerate(results.items()):
+        tables = [t for t in (_by_severity(r) for r in runs) if t]
+        if not tables:
+            continue
+        severities = sorted(set.intersection(*(set(t) for t in tables)))
+        if not severities:
+            continue
+        drawn = True
+        severities_seen.update(severities)
+        for ax, (key, _) in zip(axes, SEVERITY_PANELS):
+            means = [float(np.mean([float(t[s][key]) for t in tables])) for s in severities]
+            ax.plot(severities, means, marker="o", color=_color(i),
+                    label=f"{method} ({len(tables)} run{'s' if len(tables) != 1 else ''})")
+    for ax, (_, label) in zip(axes, SEVERITY_PANELS):
+        if not drawn:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes, color="gray")
+        ticks = sorted(severities_seen) or list(range(6))
+        ax.set_xticks(ticks)
+        ax.set_xticklabels(["clean" if s == 0 else str(s) for s in ticks])
+        ax.set_xlim(min(ticks) - 0.3, max(ticks) + 0.3)
+        ax.set_xlabel("corruption severity (mean over corruptions)")
+        ax.set_ylabel(label)
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=6))
+        ax.grid(True, alpha=0.3)
+    if drawn:
+        axes[0].legend(fontsize="small", loc="best")
     if title:
         fig.suptitle(_wrap(title, width))
     return _save(fig, path)
