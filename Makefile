@@ -38,8 +38,9 @@ DEMO_OUT ?= runs/demo
 # loaded machine takes several times as long.
 # DEMO_SEEDS=0 halves it; runs already in DEMO_OUT are read back, not retrained.
 DEMO_SEEDS ?= 0 1
+DEMO_METHODS ?= single multihead cut-mixmo unmix-align mixshare-fadeout
 DEMO_ARGS ?= --dataset digits --model wrn-10-1 --epochs 15 --seeds $(DEMO_SEEDS) --no-progress \
-	--set batch_repetition=1 batch_size=32
+	--set batch_repetition=1 batch_size=32 shift_eval=true
 
 .PHONY: setup build test test-fast demo bench gpu-check clean
 
@@ -80,7 +81,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 demo: build
-	$(BIN)mixshare compare --methods single cut-mixmo unmix-align mixshare-fadeout --out $(DEMO_OUT) $(DEMO_ARGS)
+	$(BIN)mixshare compare --methods $(DEMO_METHODS) --out $(DEMO_OUT) $(DEMO_ARGS)
 	@echo "plots and metrics: $(DEMO_OUT)/<method>/seed<k>/; table: $(DEMO_OUT)/compare.md"
 
 # The benchmark report (CPU providers and shapes on a CPU machine).

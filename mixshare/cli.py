@@ -171,7 +171,8 @@ def comparison_table(results: dict) -> str:
     """Markdown table in the form of MixShare's Table 1 from {method: [metrics, ...]}, with the ensemble's
     test NLL and ECE (%) after it; the temperature-scaled NLL and ECE too when some run has them
     (``calibration_split`` > 0); cAcc (%), cNLL, cECE (%) and the OOD AUROC (%, maximum softmax) when
-    some run has them, and ms/example when some run has it (``shift_eval``)."""
+    some run has them, and ms/example with the forward passes of a prediction when some run has it
+    (``shift_eval``)."""
     def some(key):
         return any(r.get(key) is not None for runs in results.values() for r in runs)
 
@@ -182,15 +183,15 @@ def comparison_table(results: dict) -> str:
               "encoder share rate (%) | NLL | ECE (%) |")
     header += " NLL (TS) | ECE (TS, %) |" if scaled else ""
     header += " cAcc (%) | cNLL | cECE (%) | AUROC (%) |" if shifted else ""
-    header += " ms/example |" if timed else ""
+    header += " ms/example | passes |" if timed else ""
     header += " runs |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for method, runs in results.items():
         individual = [sum(r["subnetwork_accuracy"]) / len(r["subnetwork_accuracy"]) for r in runs]
         line = (
             f"| {method} | {_mean_std([r['ensemble_accuracy'] for r in runs])} | {_mean_std(individual)} | "
-            f"{_mean_std([r['classifier_share_rate'] for r in runs])} | "
-            f"{_mean_std([r['encoder_share_rate'] for r in runs])} | "
+            f"{_mean_std([r.get('classifier_share_rate') for r in runs])} | "
+            f"{_mean_std([r.get('encoder_share_rate') for r in runs])} | "
             f"{_mean_std([r.get('nll') for r in runs], 3)} | {_mean_std([r.get('ece') for r in runs], 2)} |"
         )
         if scaled:
@@ -200,7 +201,8 @@ def comparison_table(results: dict) -> str:
             line += (f" {_mean_std([r.get('cAcc') for r in runs])} | {_mean_std([r.get('cNLL') for r in runs], 3)} |"
                      f" {_mean_std([r.get('cECE') for r in runs], 2)} | {_mean_std([r.get('ood_auroc') for r in runs])} |")
         if timed:
-            line += f" {_mean_std([r.get('ms_per_example') for r in runs], 3)} |"
+            line += (f" {_mean_std([r.get('ms_per_example') for r in runs], 3)} |"
+                     f" {_mean_std([r.get('forward_passes') for r in runs], 0)} |")
         lines.append(line + f" {len(runs)} |")
     return "\n".join(lines)
 
@@ -274,6 +276,38 @@ def finished_run(config: cfg.Config, run_dir: str) -> Optional[dict]:
     return None
 
 
+def deep_ensembles(args, results: dict, configs: dict) -> dict:
+    """compare's reference row: ``{"deep-ensemble (M singles)": [report, ...]}``, the Deep Ensembles
+    (:func:`mixshare.ensemble.evaluate_ensemble`) of the ``single`` runs taken M seeds at a time, M the
+    largest of the other methods (MIMO's Tables 1-2 compare M subnetworks with M networks); empty
+    without ``single``, with fewer single runs than M, or on the synthetic data (its test set is drawn
+    from the seed, so runs of other seeds are scored on other images). Each is written to
+    ``OUT/deep-ensemble/seeds<a>-<b>/ensemble.json``."""
+    from mixshare.ensemble import evaluate_ensemble
+    from mixshare.files import atomic_write_text
+
+    size = max((c.num_subnets for (method, _), c in configs.items() if method != "single"), default=1)
+    if "single" not in results or size < 2 or len(args.seeds) < size:
+        return {}
+    if configs["single", args.seeds[0]].dataset == "synthetic":
+        print("== no deep-ensemble row: the synthetic test set differs from seed to seed", flush=True)
+        return {}
+    name = f"deep-ensemble ({size} singles)"
+    rows = []
+    for start in range(0, len(args.seeds) - size + 1, size):
+        seeds = args.seeds[start:start + size]
+        config = configs["single", seeds[0]]
+        print(f"== {name}: the single runs of seeds {', '.join(map(str, seeds))}", flush=True)
+        report = evaluate_ensemble([os.path.join(args.out, "single", f"seed{s}") for s in seeds],
+                                   device=config.device, data_dir=config.data_dir, ensemble=config.ensemble,
+                                   shift=config.shift_eval, progress=config.shift_eval)
+        folder = os.path.join(args.out, "deep-ensemble", f"seeds{seeds[0]}-{seeds[-1]}")
+        os.makedirs(folder, exist_ok=True)
+        atomic_write_text(os.path.join(folder, "ensemble.json"), json.dumps(report, indent=2) + "\n")
+        rows.append(report)
+    return {name: rows}
+
+
 def cmd_compare(args) -> int:
     from mixshare.files import atomic_write_text, output_folder
 
@@ -288,12 +322,12 @@ def cmd_compare(args) -> int:
     from mixshare.plots import plot_comparison, plot_severity
     from mixshare.train import duration
 
-    results = {}
+    results, configs = {}, {}
     runs = [(method, seed) for method in methods for seed in args.seeds]
     started, trained = time.perf_counter(), []  # seconds of each run trained here (not read back)
     with output_folder(args.out):
         for index, (method, seed) in enumerate(runs):
-            config = build_config(args, method=method, seed=seed)
+            config = configs[method, seed] = build_config(args, method=method, seed=seed)
             elapsed = time.perf_counter() - started
             eta = f", about {duration(statistics.mean(trained) * (len(runs) - index))} left" if trained else ""
             announce = (f"== run {index + 1}/{len(runs)}: {method}, seed {seed}: {config.model} on {config.dataset}, "
@@ -305,6 +339,7 @@ def cmd_compare(args) -> int:
                 report = compare_run(config, run_dir, args.rerun, announce)
                 trained.append(time.perf_counter() - run_started)
             results.setdefault(method, []).append(report)
+        results.update(deep_ensembles(args, results, configs))
         table = comparison_table(results)
         first = next(iter(results.values()))[0]
         header = f"{first.get('dataset', args.dataset or 'digits')}, {first['model']}, seeds {args.seeds}"

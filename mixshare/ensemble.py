@@ -118,7 +118,8 @@ def load_runs(paths: Sequence[str], device=None) -> tuple[list, list, list, torc
 
 
 def evaluate_ensemble(paths: Sequence[str], device=None, data_dir: Optional[str] = None, ensemble: str = "probs",
-                      timing_repeats: int = 10, timing_batch: int = 100) -> dict:
+                      timing_repeats: int = 10, timing_batch: int = 100, shift: bool = False,
+                      progress: bool = False) -> dict:
     """The Deep Ensemble of the runs at ``paths`` on their dataset's test split.
 
     Returns the keys of :func:`mixshare.metrics.evaluate_logits` of the runs' logits ``[R, N, K]``
@@ -127,7 +128,9 @@ def evaluate_ensemble(paths: Sequence[str], device=None, data_dir: Optional[str]
     and the cost (:mod:`mixshare.cost`) of the R networks run one after another: ``parameters`` and
     ``flops_per_example`` summed, ``forward_passes`` (R), ``ms_per_example`` (median of
     ``timing_repeats`` on the first ``timing_batch`` test images; None when ``timing_repeats`` is 0),
-    ``timing_batch_size``.
+    ``timing_batch_size``. ``shift``: also the keys of :func:`mixshare.evaluate.shift_report` of the
+    ensemble (every member's heads combined by ``ensemble``; the first run's seed draws the corrupted
+    sets), ``progress`` a line per corruption.
     """
     from mixshare.data import load_data
     from mixshare.evaluate import collect_logits
@@ -158,5 +161,11 @@ def evaluate_ensemble(paths: Sequence[str], device=None, data_dir: Optional[str]
                   ms_per_example=None)
     if timing_repeats:
         report["ms_per_example"] = cost.prediction_cost(deep, batch, repeats=timing_repeats)["ms_per_example"]
+    if shift:
+        from mixshare.evaluate import shift_report
+
+        shifted = shift_report(deep, dataset, cfg.apply(data_config, {"ensemble": ensemble}, "ensemble"),
+                               progress=progress, cost_repeats=max(1, timing_repeats))
+        report.update({k: v for k, v in shifted.items() if k not in report or k == "ms_per_example"})
     report["device"] = str(device)
     return report

@@ -133,3 +133,27 @@ def test_ensemble_help_imports_no_torch():
     heavy, _, text = run.stdout.partition("\n")
     assert heavy == "[]", heavy
     assert "RUN_DIR_OR_CHECKPOINT" in text and "--out" in text
+
+
+def test_compare_adds_the_deep_ensemble_of_its_single_runs(tmp_path, capsys):
+    """compare's reference row: the single runs of M seeds ensembled (M of the other methods), its
+    ensemble.json written, its metrics those of evaluate_ensemble on the same runs and rule."""
+    from tests.test_train import TINY_ARGS
+
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", "--methods", "single", "mimo", "--seeds", "0", "1", "--out", str(tmp_path / "syn"),
+                     *TINY_ARGS, "epochs=1"]) == 0
+    assert "no deep-ensemble row: the synthetic test set differs" in capsys.readouterr().out
+    assert cli.main(["compare", "--methods", "single", "mimo", "--seeds", "0", "1", "--out", str(out),
+                     "--dataset", "digits", "--model", "wrn-10-1", "--epochs", "1", "--no-progress",
+                     "--set", "plots=false", "batch_size=128"]) == 0
+    table = capsys.readouterr().out
+    (row,) = [line for line in table.splitlines() if line.startswith("| deep-ensemble (2 singles) |")]
+    cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+    assert cells[3:5] == ["n/a", "n/a"] and cells[-2:] == ["2", "1"], cells  # no share rates; 2 passes, 1 ensemble
+    saved = json.loads((out / "deep-ensemble" / "seeds0-1" / "ensemble.json").read_text())
+    direct = ensemble.evaluate_ensemble([str(out / "single" / "seed0"), str(out / "single" / "seed1")],
+                                        ensemble="logits", timing_repeats=1)
+    assert saved["forward_passes"] == 2 and saved["nll"] == pytest.approx(direct["nll"], rel=1e-12)
+    assert f"| {saved['nll']:.3f} |" in row
+    assert "deep-ensemble (2 singles)" in json.loads((out / "compare.json").read_text())
