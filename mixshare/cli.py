@@ -202,7 +202,7 @@ def comparison_table(results: dict) -> str:
                      f" {_mean_std([r.get('cECE') for r in runs], 2)} | {_mean_std([r.get('ood_auroc') for r in runs])} |")
         if timed:
             line += (f" {_mean_std([r.get('ms_per_example') for r in runs], 3)} |"
-                     f" {_mean_std([r.get('forward_passes') for r in runs], 0)} |")
+                     f" {'/'.join(sorted({str(r.get('forward_passes', 'n/a')) for r in runs}))} |")
         lines.append(line + f" {len(runs)} |")
     return "\n".join(lines)
 

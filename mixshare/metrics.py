@@ -491,14 +491,14 @@ def uncertainty_scores(logits: torch.Tensor, ensemble: str = "logits") -> dict:
     _check_logits(logits)
     probs = ensemble_probs(logits, ensemble)
     logp = torch.log_softmax(logits.detach().double(), dim=-1)  # [M, N, K]
-    p = logp.exp()
-    mean_p = p.mean(0)
-    entropy_of_mean = -(mean_p * mean_p.clamp_min(PROB_EPS).log()).sum(-1)
-    mean_entropy = -(p * logp).sum(-1).mean(0)
+    log_mean_p = torch.logsumexp(logp, dim=0) - math.log(logp.shape[0])  # log of the mean softmax
+    # H(mean) - mean H as the mean KL(p_i || mean p): no cancellation, and exactly 0 for M = 1
+    # (logsumexp of one value is that value), so a single network's score ties everywhere.
+    mutual_information = (logp.exp() * (logp - log_mean_p)).sum(-1).mean(0)
     return {
         "msp": -probs.max(-1).values,
         "entropy": -(probs * probs.clamp_min(PROB_EPS).log()).sum(-1),
-        "mutual_information": (entropy_of_mean - mean_entropy).clamp_min(0.0),
+        "mutual_information": mutual_information.clamp_min(0.0),
     }
 
 

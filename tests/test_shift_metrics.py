@@ -298,3 +298,12 @@ def test_evaluate_corruptions_equals_doing_it_by_hand(tmp_path):
     by_hand = collect_logits(model, shift.to_model_input(torch.from_numpy(u8[4 * n:]).permute(0, 3, 1, 2),
                                                          mean, std))
     assert released["sets"]["contrast/5"] == shift.set_metrics(by_hand, labels)
+
+
+def test_mutual_information_of_one_network_is_exactly_zero():
+    """M = 1 has no disagreement: the score is 0 everywhere, so it ranks nothing (AUROC 1/2), never
+    rounding noise that would pass for a detector."""
+    gen = torch.Generator().manual_seed(3)
+    inside, outside = 4 * torch.randn(1, 40, 5, generator=gen), 4 * torch.randn(1, 30, 5, generator=gen)
+    assert torch.equal(metrics.uncertainty_scores(inside)["mutual_information"], torch.zeros(40, dtype=torch.float64))
+    assert metrics.ood_metrics(inside, outside)["mutual_information"]["auroc"] == 0.5
