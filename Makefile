@@ -31,10 +31,12 @@ BUILD_MESSAGE := mixshare_ops: compiling the C++ extension (about 3 minutes on 2
 CSRC := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cuh)
 
 DEMO_OUT ?= runs/demo
-# Sized for 2 CPU cores: 8 runs (4 methods, seeds 0 and 1) of WRN-10-1, 15
+# Sized for 2 CPU cores: 10 runs (5 methods, seeds 0 and 1) of WRN-10-1, 15
 # epochs, no batch repetition, batches of 32 rows; lr 0.1, warmup and decays
-# at 50% and 75% are the digits defaults (mixshare/config.py). Measured
-# 2026-12-07 on a quiet 2-core AMD EPYC: 4 min 42 s (about 35 s a run); a
+# at 50% and 75% are the digits defaults (mixshare/config.py); each run is
+# then evaluated under corruption and OOD (shift_eval), and the two single
+# networks make the Deep-Ensemble row. Measured 2026-12-07 on a quiet 2-core
+# AMD EPYC: 7 min 36 s (about 45 s a run, 10 s of it the shift evaluation); a
 # loaded machine takes several times as long.
 # DEMO_SEEDS=0 halves it; runs already in DEMO_OUT are read back, not retrained.
 DEMO_SEEDS ?= 0 1
