@@ -110,12 +110,18 @@ def cmd_eval(args) -> int:
     report.update(calibration_report(logits, dataset.test_labels, fit_calibration(model, dataset, config), config))
     report.update(analysis.share_rates(model))
     report.update(best_test_epoch(list(state.get("history", []))))
+    if args.corrupted_dir is not None and not args.shift:
+        raise ValueError("--corrupted-dir gives the corrupted sets of --shift: pass --shift too")
     if args.shift:
-        from mixshare.evaluate import shift_report
+        from mixshare.evaluate import released_shift_report, shift_report
 
-        report.update(shift_report(model, dataset, config, logits=logits, progress=True,
-                                   corruptions=args.corruptions, severities=args.severities,
+        released = args.corrupted_dir is not None
+        report.update(shift_report(model, dataset, config, logits=logits, progress=not released,
+                                   corruptions=[] if released else args.corruptions, severities=args.severities,
                                    max_images=-1 if args.shift_images is None else args.shift_images))
+        if released:
+            report.update(released_shift_report(model, dataset, config, args.corrupted_dir, progress=True,
+                                                corruptions=args.corruptions, severities=args.severities))
     print(json.dumps(report, indent=2))
     return 0
 
@@ -201,8 +207,8 @@ def comparison_table(results: dict) -> str:
             line += (f" {_mean_std([r.get('cAcc') for r in runs])} | {_mean_std([r.get('cNLL') for r in runs], 3)} |"
                      f" {_mean_std([r.get('cECE') for r in runs], 2)} | {_mean_std([r.get('ood_auroc') for r in runs])} |")
         if timed:
-            line += (f" {_mean_std([r.get('ms_per_example') for r in runs], 3)} |"
-                     f" {'/'.join(sorted({str(r.get('forward_passes', 'n/a')) for r in runs}))} |")
+            passes = sorted({str(r["forward_passes"]) for r in runs if r.get("forward_passes")})
+            line += f" {_mean_std([r.get('ms_per_example') for r in runs], 3)} | {'/'.join(passes) or 'n/a'} |"
         lines.append(line + f" {len(runs)} |")
     return "\n".join(lines)
 
@@ -443,6 +449,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-images", type=_non_negative_int, metavar="N",
                    help="with --shift: test images per corrupted set, a seeded subset (0: all; default: 150 "
                         "on digits and synthetic, all on CIFAR)")
+    p.add_argument("--corrupted-dir", metavar="DIR",
+                   help="with --shift on a CIFAR run: the released CIFAR-10-C / CIFAR-100-C folder "
+                        "(<corruption>.npy, labels.npy) instead of the sets corrupted here")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("analyze", help="feature-sharing analysis and plots of a checkpoint")

@@ -332,6 +332,33 @@ def _corruption_progress(names: list, severities: list):
     return report
 
 
+def released_shift_report(model, dataset, config: Config, directory: str, *, severities=None, corruptions=None,
+                          progress: bool = False) -> dict:
+    """:func:`shift_report`'s corruption keys (``cAcc``, ``cNLL``, ``cECE``, their per-subnetwork lists,
+    ``shift_by_severity``, ``shift_by_corruption``, ``shift_corruptions``, ``shift_severities``,
+    ``shift_images``) from the released CIFAR-10-C / CIFAR-100-C files in ``directory``
+    (:func:`mixshare.shift.evaluate_cifar_c`) instead of sets corrupted here; ``shift_source`` names the
+    folder. Severity "0" is the clean test set. Only for a cifar10 / cifar100 run."""
+    from mixshare import corruptions as mcorruptions, shift
+
+    if config.dataset not in ("cifar10", "cifar100"):
+        raise ValueError(f"the released corrupted sets are CIFAR-10-C / CIFAR-100-C; this is a {config.dataset} run")
+    names = list(mcorruptions.CORRUPTIONS if corruptions is None else corruptions)
+    severities = [int(s) for s in (mcorruptions.SEVERITIES if severities is None else severities)]
+    _, mean, std = pixel_space(dataset)
+    result = shift.evaluate_cifar_c(model, directory, mean, std, names=names, severities=severities,
+                                    num_classes=dataset.num_classes, batch_size=config.eval_batch_size,
+                                    ensemble=config.ensemble, progress=progress)
+    logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
+    clean = shift.set_metrics(logits, dataset.test_labels, config.ensemble)
+    report = {k: result[k] for k in ("cAcc", "cNLL", "cECE", "subnetwork_cAcc", "subnetwork_cNLL", "subnetwork_cECE")}
+    report["shift_by_severity"] = {"0": {k: clean[k] for k in ("accuracy", "nll", "ece")},
+                                   **{str(s): row for s, row in result["by_severity"].items()}}
+    report.update(shift_by_corruption=result["by_corruption"], shift_corruptions=names, shift_severities=severities,
+                  shift_images=int(shift.read_cifar_c_labels(directory).shape[0]), shift_source=str(directory))
+    return report
+
+
 def shift_report(model, dataset, config: Config, *, severities=None, corruptions=None, seed: Optional[int] = None,
                  max_images: Optional[int] = -1, cost_repeats: int = 5, progress: bool = False,
                  logits: Optional[torch.Tensor] = None) -> dict:

@@ -123,7 +123,7 @@ def _report(method, acc, nll, ood=None, ms=None, severity=None):
          "encoder_share_rate": 100.0, "nll": nll, "ece": 2.0, "model": "wrn-10-1", "dataset": "digits"}
     if ood is not None:
         r.update(cAcc=acc - 20, cNLL=nll + 1, cECE=12.5, ood_auroc=ood, ms_per_example=ms,
-                 shift_by_severity=severity)
+                 shift_by_severity=severity, forward_passes=1)
     return r
 
 
@@ -138,9 +138,9 @@ def test_comparison_table_shift_columns():
                "cut-mixmo": [_report("cut-mixmo", 96.0, 0.15, 84.0, 0.6, _severity(96, 0.15)),
                              _report("cut-mixmo", 97.0, 0.15)]}
     lines = cli.comparison_table(results).splitlines()
-    assert "| cAcc (%) | cNLL | cECE (%) | AUROC (%) | ms/example |" in lines[0]
-    assert lines[2].endswith("| 75.0 | 1.200 | 12.50 | 80.0 | 0.500 | 1 |")
-    assert lines[3].endswith("| 76.0 | 1.150 | 12.50 | 84.0 | 0.600 | 2 |")  # the run without them left out
+    assert "| cAcc (%) | cNLL | cECE (%) | AUROC (%) | ms/example | passes |" in lines[0]
+    assert lines[2].endswith("| 75.0 | 1.200 | 12.50 | 80.0 | 0.500 | 1 | 1 |")
+    assert lines[3].endswith("| 76.0 | 1.150 | 12.50 | 84.0 | 0.600 | 1 | 2 |")  # the run without them left out
 
 
 def test_severity_figure(tmp_path, figures):  # noqa: F811
@@ -188,3 +188,44 @@ def test_shift_eval_run_compare_and_eval_shift_cli(tmp_path, capsys):
     assert "[shift 1/2] gaussian_noise" in printed.err and "[shift 2/2] fog" in printed.err
     assert cli.main(["eval", checkpoint, "--shift", "--corruptions", "rain"]) == 2
     assert "unknown corruption 'rain'" in capsys.readouterr().err
+    assert cli.main(["eval", checkpoint, "--corrupted-dir", str(tmp_path)]) == 2
+    assert "pass --shift too" in capsys.readouterr().err
+    assert cli.main(["eval", checkpoint, "--shift", "--corrupted-dir", str(tmp_path)]) == 2
+    assert "the released corrupted sets are CIFAR-10-C / CIFAR-100-C; this is a synthetic run" in \
+        capsys.readouterr().err
+
+
+def test_released_corrupted_sets_give_the_shift_columns(tmp_path, capsys):
+    """eval --shift --corrupted-dir: cAcc is the mean accuracy over the released files' sets, each
+    scored by hand here; a run of another dataset, or the folder without --shift, is refused."""
+    import dataclasses
+
+    import numpy as np
+
+    from mixshare import data as mdata, metrics as mmetrics, shift as mshift
+    from mixshare.evaluate import collect_logits, pixel_space, released_shift_report
+    from mixshare.models import model_from_config
+    from tests.test_train import tiny_config
+
+    config = tiny_config("single", synthetic_size=8, synthetic_classes=4)
+    dataset = mdata.load_data(config)
+    model = model_from_config(config, dataset.num_classes).eval()
+    n = dataset.test_labels.shape[0]
+    gen = np.random.default_rng(0)
+    for name in ("fog", "snow"):
+        np.save(tmp_path / f"{name}.npy", gen.integers(0, 256, (5 * n, 8, 8, 3), dtype=np.uint8))
+    np.save(tmp_path / "labels.npy", np.tile(dataset.test_labels.numpy(), 5))
+    as_cifar = dataclasses.replace(config, dataset="cifar10")
+    report = released_shift_report(model, dataset, as_cifar, str(tmp_path), corruptions=["fog", "snow"],
+                                   severities=[1, 3])
+    _, mean, std = pixel_space(dataset)
+    accuracies = []
+    for name in ("fog", "snow"):
+        images, labels = mshift.read_cifar_c(tmp_path, name, [1, 3])
+        for block in images:
+            logits = collect_logits(model, mshift.to_model_input(block, mean, std))
+            accuracies.append(mmetrics.accuracy(mmetrics.ensemble_probs(logits, config.ensemble), labels))
+    assert report["cAcc"] == pytest.approx(sum(accuracies) / 4)
+    assert set(report["shift_by_severity"]) == {"0", "1", "3"} and report["shift_images"] == n
+    with pytest.raises(ValueError, match="this is a synthetic run"):
+        released_shift_report(model, dataset, config, str(tmp_path))
