@@ -42,9 +42,13 @@ def _tick_labels(ax, axis):
     """Visible, non-empty labels of ticks inside the view limits of one axis."""
     which = ax.xaxis if axis == "x" else ax.yaxis
     lo, hi = sorted(ax.get_xlim() if axis == "x" else ax.get_ylim())
-    span = hi - lo
+    if which.get_scale() == "log":  # a relative margin: ticks decades below the limits are outside
+        inside = lambda tick: lo * (1 - 1e-9) <= tick <= hi * (1 + 1e-9)  # noqa: E731
+    else:
+        margin = 1e-9 * max(abs(lo), abs(hi), hi - lo)
+        inside = lambda tick: lo - margin <= tick <= hi + margin  # noqa: E731
     return [label for tick, label in zip(which.get_majorticklocs(), which.get_ticklabels())
-            if label.get_visible() and label.get_text().strip() and lo - 1e-9 * span <= tick <= hi + 1e-9 * span]
+            if label.get_visible() and label.get_text().strip() and inside(tick)]
 
 
 def check_layout(fig, labelled_axes=None):
@@ -102,12 +106,19 @@ def test_feature_profiles_title_fits(tmp_path, figures):
         assert "share rate" in figures[-1].axes[0].get_title()
 
 
-@pytest.mark.parametrize("values", [
-    [torch.rand(2, 12) * 0.2 + 0.3, torch.rand(2, 6) * 0.2 + 0.3],  # within one decade (one tick before)
-    [torch.rand(2, 12) * 10.0 ** torch.randint(-6, 2, (2, 12)).float() + 1e-7],  # many decades
-])
-def test_conditional_variance_ticks_and_note(tmp_path, figures, values):
-    torch.manual_seed(1)
+def _variances(seed: int, spread: str) -> list:
+    """Stage variances [2, C] within one decade (one labelled tick before) or over many decades."""
+    gen = torch.Generator().manual_seed(seed)
+    if spread == "one decade":
+        return [torch.rand(2, 12, generator=gen) * 0.2 + 0.3, torch.rand(2, 6, generator=gen) * 0.2 + 0.3]
+    decades = torch.randint(-6, 2, (2, 12), generator=gen).double()
+    return [torch.rand(2, 12, generator=gen, dtype=torch.float64) * 10.0 ** decades + 1e-7]
+
+
+@pytest.mark.parametrize("seed", [0, 3, 7])
+@pytest.mark.parametrize("spread", ["one decade", "many decades"])
+def test_conditional_variance_ticks_and_note(tmp_path, figures, spread, seed):
+    values = _variances(seed, spread)
     plots.plot_conditional_variance(values, tmp_path / "cv.png", title=LONG_TITLE)
     fig = figures[-1]
     panels = len(values)
