@@ -247,12 +247,16 @@ def compare_run(config: cfg.Config, run_dir: str, rerun: bool = False, announce:
     config (:func:`mixshare.config.experiment_differences`) is there, resumed when an unfinished one is,
     trained otherwise; a run of another config there is refused. ``rerun``: train anew, replacing it.
     ``announce``: a line printed before training (not when the run is read back)."""
+    report = None if rerun else finished_run(config, run_dir)
+    return report if report is not None else train_run(config, run_dir, rerun, announce)
+
+
+def train_run(config: cfg.Config, run_dir: str, rerun: bool = False, announce: Optional[str] = None) -> dict:
+    """Trains ``config``'s run in ``run_dir`` for compare: anew, replacing it, with ``rerun``; else
+    resuming the checkpoint there, if any. ``announce``: a line printed first."""
     from mixshare import files
     from mixshare.train import train
 
-    report = None if rerun else finished_run(config, run_dir)
-    if report is not None:
-        return report
     if announce is not None:
         print(announce, flush=True)
     if rerun:
@@ -342,7 +346,7 @@ def cmd_compare(args) -> int:
             report = None if args.rerun else finished_run(config, run_dir)
             if report is None:
                 run_started = time.perf_counter()
-                report = compare_run(config, run_dir, args.rerun, announce)
+                report = train_run(config, run_dir, args.rerun, announce)
                 trained.append(time.perf_counter() - run_started)
             results.setdefault(method, []).append(report)
         results.update(deep_ensembles(args, results, configs))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import typing
 from typing import Any, Optional
@@ -184,12 +185,18 @@ class ConfigError(ValueError):
 _BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False}
 
 
+@functools.cache
+def _type_hints() -> dict:
+    """Config's field types, resolved once (``typing.get_type_hints`` costs about a millisecond)."""
+    return typing.get_type_hints(Config)
+
+
 def _convert(name: str, value: Any):
     """``value`` as the type of config key ``name``, refusing a value of another kind: a bool is
     ``true`` / ``false`` (also as a string), a number is a number (a string that reads as one, e.g.
     YAML's ``1e-3``, included) and never a bool or a list, ``lr_milestones`` is a list of numbers,
     a text key takes a string."""
-    hint = typing.get_type_hints(Config)[name]
+    hint = _type_hints()[name]
     args = typing.get_args(hint)
     optional = type(None) in args
     base = next((a for a in args if a is not type(None)), hint)

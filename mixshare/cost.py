@@ -64,21 +64,16 @@ def forward_passes(model) -> int:
     return _check_count(passes, "model.forward_passes", 1)
 
 
-class _EvalNoGrad:
+@contextlib.contextmanager
+def _eval_no_grad(model: nn.Module):
     """Eval mode and no autograd for the block; the model's training flag restored after."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.no_grad = torch.no_grad()
-        self.no_grad.__enter__()
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-        self.no_grad.__exit__(*exc)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def flops_per_example(model, images: torch.Tensor) -> float:
@@ -87,7 +82,7 @@ def flops_per_example(model, images: torch.Tensor) -> float:
     _check_model(model)
     _check_images(images)
     counter = FlopCounterMode(display=False)
-    with _EvalNoGrad(model), counter:
+    with _eval_no_grad(model), counter:
         model.predict(images)
     return counter.get_total_flops() / images.shape[0]
 
@@ -118,7 +113,7 @@ def _time_side_by_side(models: dict, images: torch.Tensor, repeats: int, warmup:
     seconds = {name: [] for name in models}
     with contextlib.ExitStack() as stack:
         for model in models.values():
-            stack.enter_context(_EvalNoGrad(model))
+            stack.enter_context(_eval_no_grad(model))
         for _ in range(warmup):
             for timed in timers.values():
                 timed()

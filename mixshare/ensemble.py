@@ -143,10 +143,9 @@ def evaluate_ensemble(paths: Sequence[str], device=None, data_dir: Optional[str]
     found, models, configs, device = load_runs(paths, device)
     data_config = cfg.apply(configs[0], {"data_dir": data_dir}, "data_dir") if data_dir else configs[0]
     dataset = load_data(data_config).to(device)
-    stacked = torch.stack([
-        run_logits(collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16), config.ensemble)
-        for model, config in zip(models, configs)
-    ])  # [R, N, K]
+    raw = [collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16) for model, config in
+           zip(models, configs)]  # each run's [M_r, N, K]
+    stacked = torch.stack([run_logits(z, config.ensemble) for z, config in zip(raw, configs)])  # [R, N, K]
     report = metrics.evaluate_logits(stacked, dataset.test_labels, ensemble=ensemble)
     report.update(
         ensemble=ensemble, dataset=configs[0].dataset, num_classes=int(stacked.shape[2]),
@@ -155,17 +154,19 @@ def evaluate_ensemble(paths: Sequence[str], device=None, data_dir: Optional[str]
               for path, c in zip(found, configs)],
     )
     deep = DeepEnsemble(models)
-    batch = dataset.test_images[:timing_batch]
-    report.update(parameters=cost.count_parameters(deep), flops_per_example=cost.flops_per_example(deep, batch),
-                  forward_passes=cost.forward_passes(deep), timing_batch_size=int(batch.shape[0]),
-                  ms_per_example=None)
-    if timing_repeats:
-        report["ms_per_example"] = cost.prediction_cost(deep, batch, repeats=timing_repeats)["ms_per_example"]
-    if shift:
+    if shift:  # shift_report also measures the cost (parameters, FLOPs, passes, ms per example)
         from mixshare.evaluate import shift_report
 
         shifted = shift_report(deep, dataset, cfg.apply(data_config, {"ensemble": ensemble}, "ensemble"),
-                               progress=progress, cost_repeats=max(1, timing_repeats))
-        report.update({k: v for k, v in shifted.items() if k not in report or k == "ms_per_example"})
+                               logits=torch.cat(raw), progress=progress, cost_repeats=max(1, timing_repeats))
+        report.update({k: v for k, v in shifted.items() if k not in report})
+        report["timing_batch_size"] = shifted["cost_batch_size"]
+    else:
+        batch = dataset.test_images[:timing_batch]
+        report.update(parameters=cost.count_parameters(deep), flops_per_example=cost.flops_per_example(deep, batch),
+                      forward_passes=cost.forward_passes(deep), timing_batch_size=int(batch.shape[0]),
+                      ms_per_example=None)
+        if timing_repeats:
+            report["ms_per_example"] = cost.prediction_cost(deep, batch, repeats=timing_repeats)["ms_per_example"]
     report["device"] = str(device)
     return report

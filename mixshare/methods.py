@@ -194,24 +194,7 @@ def _check_model(model) -> int:
 
 def _method_config(method: str, model, epochs, settings: dict) -> Config:
     """The config of ``method`` with ``settings`` for ``model``, validated as a config file's
-    (:func:`mixshare.config.validate`); errors name the call. Cached per arguments (a loop draws
-    with the same ones every batch); the config is never changed after."""
-    try:
-        key = (method, isinstance(model, MimoViT), model.num_subnets, epochs, tuple(sorted(settings.items())))
-        hash(key)
-    except TypeError:  # an unhashable setting (e.g. a list): built each time
-        return _build_method_config(method, model, epochs, settings)
-    if key not in _CONFIGS:
-        if len(_CONFIGS) >= 64:
-            _CONFIGS.clear()
-        _CONFIGS[key] = _build_method_config(method, model, epochs, settings)
-    return _CONFIGS[key]
-
-
-_CONFIGS: dict = {}
-
-
-def _build_method_config(method: str, model, epochs, settings: dict) -> Config:
+    (:func:`mixshare.config.validate`); errors name the call."""
     source = f"draw_plan({method!r})"
     try:
         # The model's family stands for the model name a config file would give.

@@ -469,10 +469,10 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor, ensemble: str = 
 # maximum softmax probability, the predictive entropy, the mutual information. Detection metrics
 # (:func:`ood_detection`) take the scores of in-distribution and OOD samples:
 #
-# * ``auroc``: area under the ROC curve with OOD as the positive class (ties count 1/2; equals
+# * ``auroc``: area under the ROC curve with OOD as the positive class (ties count 1/2;
 #   ``sklearn.metrics.roc_auc_score``);
 # * ``aupr_out``: average precision with OOD positive, ranked by the score; ``aupr_in``: with the
-#   in-distribution samples positive, ranked by the negated score (both as
+#   in-distribution samples positive, ranked by the negated score (both
 #   ``sklearn.metrics.average_precision_score``: sum over thresholds of recall step x precision);
 # * ``fpr95``: the fraction of OOD samples accepted as in-distribution at the strictest threshold
 #   that still accepts at least 95% of the in-distribution samples (accepted: score <= threshold).
@@ -515,46 +515,34 @@ def _check_scores(scores, name: str) -> torch.Tensor:
     return s
 
 
-def _average_ranks(values: torch.Tensor) -> torch.Tensor:
-    """1-based ranks of ``values [N]`` in ascending order, ties given their mean rank."""
-    uniq, inverse, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
-    ends = counts.cumsum(0).double()
-    mean_rank = ends - (counts.double() - 1) / 2
-    return mean_rank[inverse]
+def _scores_and_labels(scores: torch.Tensor, positive: torch.Tensor, need_negative: bool):
+    """``scores [N]`` and the boolean ``positive [N]`` as numpy arrays for scikit-learn, checked."""
+    s = _check_scores(scores, "scores")
+    pos = positive.to(device=s.device, dtype=torch.bool)
+    n_pos = int(pos.sum())
+    if n_pos == 0 or (need_negative and n_pos == pos.numel()):
+        raise ValueError("positive must mark at least one positive" + (" and one negative" if need_negative else "")
+                         + " sample")
+    return s.cpu().numpy(), pos.cpu().numpy()
 
 
 def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Area under the ROC curve of ``scores [N]`` for the boolean ``positive [N]`` (higher score =
-    positive; ties count 1/2), as ``sklearn.metrics.roc_auc_score``. Needs both classes."""
-    s = _check_scores(scores, "scores")
-    pos = positive.to(device=s.device, dtype=torch.bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("positive must mark at least one positive and one negative sample")
-    ranks = _average_ranks(s)
-    return ((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)).item()
+    positive; ties count 1/2): ``sklearn.metrics.roc_auc_score``. Needs both classes."""
+    from sklearn.metrics import roc_auc_score
+
+    s, pos = _scores_and_labels(scores, positive, need_negative=True)
+    return float(roc_auc_score(pos, s))
 
 
 def average_precision(scores: torch.Tensor, positive: torch.Tensor) -> float:
     """Average precision of ``scores [N]`` for the boolean ``positive [N]``: the sum over distinct
-    thresholds (descending) of the recall gained times the precision there, as
+    thresholds (descending) of the recall gained times the precision there,
     ``sklearn.metrics.average_precision_score``. Needs a positive sample."""
-    s = _check_scores(scores, "scores")
-    pos = positive.to(device=s.device, dtype=torch.bool)
-    n_pos = int(pos.sum())
-    if n_pos == 0:
-        raise ValueError("positive must mark at least one positive sample")
-    order = torch.argsort(s, descending=True, stable=True)
-    s_sorted, hits = s[order], pos[order].double()
-    tp = hits.cumsum(0)
-    fp = (1 - hits).cumsum(0)
-    last = torch.ones_like(s_sorted, dtype=torch.bool)
-    last[:-1] = s_sorted[1:] != s_sorted[:-1]  # the last sample of each distinct score
-    tp, fp = tp[last], fp[last]
-    precision = tp / (tp + fp)
-    recall = tp / n_pos
-    gained = torch.diff(recall, prepend=recall.new_zeros(1))
-    return (gained * precision).sum().item()
+    from sklearn.metrics import average_precision_score
+
+    s, pos = _scores_and_labels(scores, positive, need_negative=False)
+    return float(average_precision_score(pos, s))
 
 
 def fpr_at_tpr(scores_in: torch.Tensor, scores_out: torch.Tensor, tpr: float = 0.95) -> float:
