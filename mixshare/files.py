@@ -247,8 +247,7 @@ def folder_lock(folder: str) -> Iterator[dict]:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    raise FolderInUse(f"output folder {folder} is in use by {_owner_text(_read_record(fd))} "
-                                  f"(lock file {LOCK}); wait for it to end or choose another --out") from None
+                    raise _in_use(folder, _read_record(fd)) from None
                 except OSError:  # no flock on this file system: the record decides
                     _refuse_live_record(folder, _read_record(fd))
             else:
@@ -276,11 +275,15 @@ def folder_lock(folder: str) -> Iterator[dict]:
         os.close(fd)
 
 
+def _in_use(folder: str, owner: Optional[dict]) -> FolderInUse:
+    return FolderInUse(f"output folder {folder} is in use by {_owner_text(owner)} "
+                       f"(lock file {LOCK}); wait for it to end or choose another --out")
+
+
 def _refuse_live_record(folder: str, owner: Optional[dict]) -> None:
     if (owner and owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int)
             and owner["pid"] != os.getpid() and _alive(owner["pid"])):
-        raise FolderInUse(f"output folder {folder} is in use by {_owner_text(owner)} "
-                          f"(lock file {LOCK}); wait for it to end or choose another --out")
+        raise _in_use(folder, owner)
 
 
 def run_records(folder: str) -> list[str]:
