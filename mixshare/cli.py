@@ -121,7 +121,8 @@ def cmd_eval(args) -> int:
                                    max_images=-1 if args.shift_images is None else args.shift_images))
         if released:
             report.update(released_shift_report(model, dataset, config, args.corrupted_dir, progress=True,
-                                                corruptions=args.corruptions, severities=args.severities))
+                                                corruptions=args.corruptions, severities=args.severities,
+                                                logits=logits))
     print(json.dumps(report, indent=2))
     return 0
 

@@ -333,12 +333,13 @@ def _corruption_progress(names: list, severities: list):
 
 
 def released_shift_report(model, dataset, config: Config, directory: str, *, severities=None, corruptions=None,
-                          progress: bool = False) -> dict:
+                          progress: bool = False, logits: Optional[torch.Tensor] = None) -> dict:
     """:func:`shift_report`'s corruption keys (``cAcc``, ``cNLL``, ``cECE``, their per-subnetwork lists,
     ``shift_by_severity``, ``shift_by_corruption``, ``shift_corruptions``, ``shift_severities``,
     ``shift_images``) from the released CIFAR-10-C / CIFAR-100-C files in ``directory``
     (:func:`mixshare.shift.evaluate_cifar_c`) instead of sets corrupted here; ``shift_source`` names the
-    folder. Severity "0" is the clean test set. Only for a cifar10 / cifar100 run."""
+    folder. Severity "0" is the clean test set (``logits``: the model's clean test logits if already
+    at hand). Only for a cifar10 / cifar100 run."""
     from mixshare import corruptions as mcorruptions, shift
 
     if config.dataset not in ("cifar10", "cifar100"):
@@ -349,7 +350,8 @@ def released_shift_report(model, dataset, config: Config, directory: str, *, sev
     result = shift.evaluate_cifar_c(model, directory, mean, std, names=names, severities=severities,
                                     num_classes=dataset.num_classes, batch_size=config.eval_batch_size,
                                     ensemble=config.ensemble, progress=progress)
-    logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
+    if logits is None:
+        logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
     clean = shift.set_metrics(logits, dataset.test_labels, config.ensemble)
     report = {k: result[k] for k in ("cAcc", "cNLL", "cECE", "subnetwork_cAcc", "subnetwork_cNLL", "subnetwork_cECE")}
     report["shift_by_severity"] = {"0": {k: clean[k] for k in ("accuracy", "nll", "ece")},
