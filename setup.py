@@ -136,7 +136,7 @@ setup(
     # could let pip replace it. ninja compiles the kernels on first use.
     install_requires=RUNTIME_REQUIREMENTS,
     extras_require={"triton": ["triton"]},
-    entry_points={"console_scripts": ["mixshare=mixshare.cli:main"]},
+    entry_points={"console_scripts": ["mixshare=mixshare.cli:run"]},
     ext_modules=extensions(),
     cmdclass=cmdclass,
     options=options,

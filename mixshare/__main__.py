@@ -1,5 +1,3 @@
-import sys
+from mixshare.cli import run
 
-from mixshare.cli import main
-
-sys.exit(main())
+run()

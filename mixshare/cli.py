@@ -550,5 +550,18 @@ def main(argv=None) -> int:
         return 2
 
 
+def run() -> None:
+    """The ``mixshare`` command: :func:`main`'s status as the process's exit status. After Ctrl-C
+    (130) the process ends at once with that status: everything a run keeps is written by then, and
+    CPython would otherwise re-raise SIGINT at exit when the interrupt landed in code that C
+    extensions run (the status then reads as killed by SIGINT, not 130)."""
+    status = main()
+    if status == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
