@@ -174,22 +174,25 @@ def _mean_std(values, digits: int = 1) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
-def comparison_table(results: dict) -> str:
+def comparison_table(results: dict, mce: Optional[dict] = None, costs: Optional[dict] = None) -> str:
     """Markdown table in the form of MixShare's Table 1 from {method: [metrics, ...]}, with the ensemble's
     test NLL and ECE (%) after it; the temperature-scaled NLL and ECE too when some run has them
     (``calibration_split`` > 0); cAcc (%), cNLL, cECE (%) and the OOD AUROC (%, maximum softmax) when
-    some run has them, and ms/example with the forward passes of a prediction when some run has it
-    (``shift_eval``)."""
+    some run has them, with mCE (%) from ``mce`` ({method: [mCE or None per run]},
+    :func:`corruption_errors`) when given; ms/example with the forward passes of a prediction when some
+    run has it (``shift_eval``): from ``costs`` ({method: cost}, :func:`side_by_side_costs`) where it
+    has the method, else the mean of the runs' own timings."""
     def some(key):
         return any(r.get(key) is not None for runs in results.values() for r in runs)
 
+    costs = costs or {}
     scaled = some("nll_ts")
     shifted = some("cAcc") or some("ood_auroc")
-    timed = some("ms_per_example")
+    timed = some("ms_per_example") or bool(costs)
     header = ("| method | ensemble acc. (%) | individual acc. (%) | classifier share rate (%) | "
               "encoder share rate (%) | NLL | ECE (%) |")
     header += " NLL (TS) | ECE (TS, %) |" if scaled else ""
-    header += " cAcc (%) | cNLL | cECE (%) | AUROC (%) |" if shifted else ""
+    header += " cAcc (%) | cNLL | cECE (%) |" + (" mCE (%) |" if mce else "") + " AUROC (%) |" if shifted else ""
     header += " ms/example | passes |" if timed else ""
     header += " runs |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
@@ -206,8 +209,12 @@ def comparison_table(results: dict) -> str:
                      f" {_mean_std([r.get('ece_ts') for r in runs], 2)} |")
         if shifted:
             line += (f" {_mean_std([r.get('cAcc') for r in runs])} | {_mean_std([r.get('cNLL') for r in runs], 3)} |"
-                     f" {_mean_std([r.get('cECE') for r in runs], 2)} | {_mean_std([r.get('ood_auroc') for r in runs])} |")
-        if timed:
+                     f" {_mean_std([r.get('cECE') for r in runs], 2)} |")
+            line += f" {_mean_std(mce.get(method, []))} |" if mce else ""
+            line += f" {_mean_std([r.get('ood_auroc') for r in runs])} |"
+        if timed and method in costs:
+            line += f" {costs[method]['ms_per_example']:.3f} | {costs[method]['forward_passes']} |"
+        elif timed:
             passes = sorted({str(r["forward_passes"]) for r in runs if r.get("forward_passes")})
             line += f" {_mean_std([r.get('ms_per_example') for r in runs], 3)} | {'/'.join(passes) or 'n/a'} |"
         lines.append(line + f" {len(runs)} |")
@@ -319,6 +326,57 @@ def deep_ensembles(args, results: dict, configs: dict) -> dict:
     return {name: rows}
 
 
+def corruption_errors(results: dict, baseline: str) -> dict:
+    """``{method: [mCE (%) or None per run]}``: each run's mean corruption error against the ``baseline``
+    method (:func:`mixshare.shift.mean_corruption_error_of_means` of its ``shift_by_corruption`` and the
+    baseline runs' per-corruption accuracy averaged over their seeds; 100 = the baseline's errors); None
+    for a run without shift results or with other corruptions or severities than the baseline's. Empty
+    when the baseline has no run with shift results."""
+    from mixshare import shift
+
+    def shift_sets(report):
+        return (tuple(report.get("shift_corruptions") or ()), tuple(report.get("shift_severities") or ()))
+
+    base_runs = [r for r in results.get(baseline, []) if r.get("shift_by_corruption")]
+    if not base_runs or len({shift_sets(r) for r in base_runs}) != 1:
+        return {}
+    sets = shift_sets(base_runs[0])
+    means = {c: {"accuracy": statistics.mean(r["shift_by_corruption"][c]["accuracy"] for r in base_runs)}
+             for c in base_runs[0]["shift_by_corruption"]}
+    return {method: [shift.mean_corruption_error_of_means(r["shift_by_corruption"], means)["mCE"]
+                     if r.get("shift_by_corruption") and shift_sets(r) == sets else None for r in runs]
+            for method, runs in results.items()}
+
+
+def side_by_side_costs(args, results: dict, device=None) -> dict:
+    """``{row: cost}`` (:func:`mixshare.cost.side_by_side`): the first seed's run of each method and the
+    first Deep Ensemble row's networks, timed in one process with their calls interleaved, on the first
+    :data:`mixshare.evaluate.COST_IMAGES` test images, on ``device`` (None: the runs' default); empty when
+    fewer than two models."""
+    from mixshare import cost
+    from mixshare.data import load_data
+    from mixshare.ensemble import DeepEnsemble, checkpoint_path, load_runs
+    from mixshare.evaluate import COST_IMAGES
+
+    rows = {method: [os.path.join(args.out, method, f"seed{args.seeds[0]}")] for method in results
+            if not method.startswith("deep-ensemble")}
+    rows.update({name: [run["checkpoint"] for run in reports[0]["runs"]] for name, reports in results.items()
+                 if name.startswith("deep-ensemble")})
+    if len(rows) < 2:
+        return {}
+    unique = list(dict.fromkeys(os.path.realpath(checkpoint_path(p)) for paths in rows.values() for p in paths))
+    _, loaded, configs, device = load_runs(unique, device)
+    by_path = dict(zip(unique, loaded))
+    models = {}
+    for name, paths in rows.items():
+        members = [by_path[os.path.realpath(checkpoint_path(p))] for p in paths]
+        models[name] = members[0] if len(members) == 1 else DeepEnsemble(members)
+    images = load_data(configs[0]).to(device).test_images[:COST_IMAGES]
+    print(f"== the cost of a prediction: {len(models)} models timed side by side on {images.shape[0]} test images",
+          flush=True)
+    return cost.side_by_side(models, images, repeats=10, warmup=2)
+
+
 def cmd_compare(args) -> int:
     from mixshare.files import atomic_write_text, output_folder
 
@@ -330,6 +388,10 @@ def cmd_compare(args) -> int:
         repeated = sorted({v for v in values if list(values).count(v) > 1}, key=str)
         if repeated:
             raise ValueError(f"{option} names {', '.join(map(str, repeated))} more than once: each is one run")
+    baseline = args.mce_baseline or "single"
+    if args.mce_baseline is not None and args.mce_baseline not in methods:
+        raise ValueError(f"--mce-baseline {args.mce_baseline} is not among the methods compared "
+                         f"({', '.join(methods)})")
     from mixshare.plots import plot_comparison, plot_severity
     from mixshare.train import duration
 
@@ -351,7 +413,12 @@ def cmd_compare(args) -> int:
                 trained.append(time.perf_counter() - run_started)
             results.setdefault(method, []).append(report)
         results.update(deep_ensembles(args, results, configs))
-        table = comparison_table(results)
+        mce = corruption_errors(results, baseline) if baseline in results else {}
+        first = configs[runs[0]]
+        costs = side_by_side_costs(args, results, first.device) if first.shift_eval else {}
+        if costs:
+            atomic_write_text(os.path.join(args.out, "compare_costs.json"), json.dumps(costs, indent=2) + "\n")
+        table = comparison_table(results, mce, costs)
         first = next(iter(results.values()))[0]
         header = f"{first.get('dataset', args.dataset or 'digits')}, {first['model']}, seeds {args.seeds}"
         atomic_write_text(os.path.join(args.out, "compare.md"), f"# {header}\n\n{table}\n")
@@ -478,6 +545,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerun", action="store_true",
                    help="retrain every run, replacing those in OUT (default: reuse a finished run of the same "
                         "config, resume an unfinished one, refuse one of another config)")
+    p.add_argument("--mce-baseline", metavar="METHOD",
+                   help="with shift_eval: the method whose corruption errors are 100%% in the mCE column "
+                        "(default: single; no column when it is not among --methods)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("ensemble", help="the Deep Ensemble of independently trained runs on their test split")

@@ -147,10 +147,7 @@ def prediction_cost(model, images: torch.Tensor, repeats: int = 20, warmup: int 
     ``ms_per_batch`` (that median), ``batch_size``, ``repeats``, ``warmup`` and ``device``.
     """
     _check_model(model)
-    _check_images(images)
-    repeats, warmup = _check_count(repeats, "repeats", 1), _check_count(warmup, "warmup", 0)
-    seconds = _time_side_by_side({"model": model}, images, repeats, warmup)["model"]
-    return _summary(model, images, seconds, warmup)
+    return side_by_side({"model": model}, images, repeats, warmup)["model"]
 
 
 def compare_costs(single, mimo, images: torch.Tensor, ensemble_size: Optional[int] = None,
@@ -167,13 +164,23 @@ def compare_costs(single, mimo, images: torch.Tensor, ensemble_size: Optional[in
 
     _check_model(single, "single")
     _check_model(mimo, "mimo")
-    _check_images(images)
     if getattr(single, "num_subnets", None) != 1:
         raise ValueError(f"single must have num_subnets == 1, got {getattr(single, 'num_subnets', None)!r}")
     size = ensemble_size if ensemble_size is not None else getattr(mimo, "num_subnets", None)
     size = _check_count(size, "ensemble_size", 1)
-    repeats, warmup = _check_count(repeats, "repeats", 1), _check_count(warmup, "warmup", 0)
     ensemble = DeepEnsemble([copy.deepcopy(single) for _ in range(size)])
-    models = {"single": single, "mimo": mimo, "deep_ensemble": ensemble}
+    return side_by_side({"single": single, "mimo": mimo, "deep_ensemble": ensemble}, images, repeats, warmup)
+
+
+def side_by_side(models: dict, images: torch.Tensor, repeats: int = 20, warmup: int = 3) -> dict:
+    """The cost of each of ``models`` (``{name: model}``, each with ``predict``) on ``images [B, C, H, W]``,
+    their timed calls interleaved (repeat r of every model before repeat r + 1 of any), so that a change
+    of the machine's load falls on all alike. Returns ``{name: cost}``, each as :func:`prediction_cost`."""
+    if not isinstance(models, dict) or not models:
+        raise ValueError(f"models must be a non-empty dict {{name: model}}, got {models!r}")
+    for name, model in models.items():
+        _check_model(model, f"models[{name!r}]")
+    _check_images(images)
+    repeats, warmup = _check_count(repeats, "repeats", 1), _check_count(warmup, "warmup", 0)
     seconds = _time_side_by_side(models, images, repeats, warmup)
     return {name: _summary(model, images, seconds[name], warmup) for name, model in models.items()}

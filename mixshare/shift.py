@@ -28,6 +28,7 @@ __all__ = [
     "corruption_metrics",
     "shift_summary",
     "mean_corruption_error",
+    "mean_corruption_error_of_means",
     "to_model_input",
     "evaluate_corruptions",
     "evaluate_cifar_c",
@@ -195,26 +196,43 @@ def shift_summary(results: dict) -> dict:
     }
 
 
+def _mce(errors: dict) -> dict:
+    """``{corruption: [(E, E_base), ...]}`` (% errors) -> ``{"mCE", "CE": {c: 100 * sum E / sum E_base}}``."""
+    if not errors:
+        raise ValueError("results must hold at least one corrupted set")
+    ce = {}
+    for c, pairs in sorted(errors.items()):
+        base = sum(b for _, b in pairs)
+        if base <= 0:
+            raise ValueError(f"baseline makes no error on {c}: its corruption error is undefined")
+        ce[c] = 100.0 * sum(e for e, _ in pairs) / base
+    return {"mCE": sum(ce.values()) / len(ce), "CE": ce}
+
+
 def mean_corruption_error(results: dict, baseline: dict) -> dict:
     """Hendrycks & Dietterich's mCE: per corruption c, ``CE_c = sum_s E(c, s) / sum_s E_base(c, s)``
     with E = 100 - accuracy (% error) over the severities both hold; ``mCE`` = mean over corruptions,
-    both in percent as the paper reports them (100 = the baseline's errors). Returns
-    ``{"mCE", "CE": {c: CE_c}}``."""
+    both in percent as the paper reports them (100 = the baseline's errors). ``results``, ``baseline``:
+    :func:`corruption_metrics`' ``{"corruption/severity": metrics}``. Returns ``{"mCE", "CE": {c: CE_c}}``."""
     ours: dict = {}
     for key, row in results.items():
         c, s = _split(key)
         if key not in baseline:
             raise ValueError(f"baseline has no result for {key!r}")
         ours.setdefault(c, []).append((100.0 - row["accuracy"], 100.0 - baseline[key]["accuracy"]))
-    if not ours:
-        raise ValueError("results must hold at least one corrupted set")
-    ce = {}
-    for c, pairs in sorted(ours.items()):
-        base = sum(b for _, b in pairs)
-        if base <= 0:
-            raise ValueError(f"baseline makes no error on {c}: its corruption error is undefined")
-        ce[c] = 100.0 * sum(e for e, _ in pairs) / base
-    return {"mCE": sum(ce.values()) / len(ce), "CE": ce}
+    return _mce(ours)
+
+
+def mean_corruption_error_of_means(by_corruption: dict, baseline: dict) -> dict:
+    """:func:`mean_corruption_error` from each corruption's accuracy averaged over the same severities
+    (``shift_by_corruption`` of metrics.json: ``{corruption: {"accuracy": %, ...}}``), for which
+    ``sum_s E / sum_s E_base`` is the ratio of the mean errors."""
+    ours = {}
+    for c, row in by_corruption.items():
+        if c not in baseline:
+            raise ValueError(f"baseline has no result for {c!r}")
+        ours[c] = [(100.0 - row["accuracy"], 100.0 - baseline[c]["accuracy"])]
+    return _mce(ours)
 
 
 # --------------------------------------------------------------------------- evaluating a model

@@ -141,6 +141,28 @@ def test_comparison_table_shift_columns():
     assert "| cAcc (%) | cNLL | cECE (%) | AUROC (%) | ms/example | passes |" in lines[0]
     assert lines[2].endswith("| 75.0 | 1.200 | 12.50 | 80.0 | 0.500 | 1 | 1 |")
     assert lines[3].endswith("| 76.0 | 1.150 | 12.50 | 84.0 | 0.600 | 1 | 2 |")  # the run without them left out
+    # mCE after cECE; the side-by-side cost, where given, in place of the runs' own timings
+    lines = cli.comparison_table(results, mce={"single": [100.0], "cut-mixmo": [80.0, None]},
+                                 costs={"cut-mixmo": {"ms_per_example": 0.25, "forward_passes": 1}}).splitlines()
+    assert "| cAcc (%) | cNLL | cECE (%) | mCE (%) | AUROC (%) | ms/example | passes |" in lines[0]
+    assert lines[2].endswith("| 75.0 | 1.200 | 12.50 | 100.0 | 80.0 | 0.500 | 1 | 1 |")
+    assert lines[3].endswith("| 76.0 | 1.150 | 12.50 | 80.0 | 84.0 | 0.250 | 1 | 2 |")
+
+
+def test_corruption_errors_against_the_baseline_method():
+    """mCE per run: per corruption the run's error over the baseline's (its runs' accuracy averaged over
+    seeds), averaged over corruptions, in percent; None where the corrupted sets differ."""
+    def run(fog, snow, severities=(1, 2)):
+        return {"shift_corruptions": ["fog", "snow"], "shift_severities": list(severities),
+                "shift_by_corruption": {"fog": {"accuracy": fog}, "snow": {"accuracy": snow}}}
+
+    results = {"single": [run(60.0, 80.0), run(40.0, 60.0)],  # baseline errors: fog 50, snow 30
+               "mixshare": [run(75.0, 85.0), run(50.0, 70.0, severities=(1,)), {"cAcc": None}]}
+    mce = cli.corruption_errors(results, "single")
+    assert mce["single"] == pytest.approx([(40 / 50 + 20 / 30) / 2 * 100, (60 / 50 + 40 / 30) / 2 * 100])
+    assert mce["mixshare"][0] == pytest.approx((25 / 50 + 15 / 30) / 2 * 100)
+    assert mce["mixshare"][1:] == [None, None]
+    assert cli.corruption_errors(results, "no-such-method") == {}
 
 
 def test_severity_figure(tmp_path, figures):  # noqa: F811
@@ -176,6 +198,16 @@ def test_shift_eval_run_compare_and_eval_shift_cli(tmp_path, capsys):
     assert saved["shift_corruptions"] == list(corruptions.CORRUPTIONS) and saved["shift_severities"] == [1, 2, 3, 4, 5]
     assert saved["shift_by_severity"]["0"]["accuracy"] == pytest.approx(saved["ensemble_accuracy"])
     assert (out / "compare_severity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # mCE against single (itself: 100) and the two runs timed side by side in one process
+    header, _, single_row, mixmo_row = printed.out.split("== the cost of a prediction")[1].splitlines()[1:5]
+    assert "| mCE (%) |" in header and single_row.split("|")[header.split("|").index(" mCE (%) ")] == " 100.0 "
+    costs = json.loads((out / "compare_costs.json").read_text())
+    assert set(costs) == {"single", "cut-mixmo"} and costs["single"]["forward_passes"] == 1
+    assert costs["cut-mixmo"]["parameters"] > costs["single"]["parameters"]  # M encoders and heads
+    assert f"| {costs['cut-mixmo']['ms_per_example']:.3f} | 1 |" in mixmo_row
+    assert cli.main(["compare", "--methods", "single", "--seeds", "0", "--out", str(out), "--mce-baseline",
+                     "cut-mixmo", *TINY_ARGS, "shift_eval=true"]) == 2
+    assert "--mce-baseline cut-mixmo is not among the methods compared (single)" in capsys.readouterr().err
 
     checkpoint = str(out / "cut-mixmo" / "seed0" / "checkpoint.pt")
     assert cli.main(["eval", checkpoint, "--shift", "--corruptions", "gaussian_noise", "fog",

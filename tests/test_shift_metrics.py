@@ -155,6 +155,12 @@ def test_shift_summary_and_mce_by_definition():
         assert mce["CE"][c] == pytest.approx(100 * err / base)
     assert mce["mCE"] == pytest.approx((mce["CE"]["fog"] + mce["CE"]["snow"]) / 2)
     assert shift.mean_corruption_error(results, results)["mCE"] == pytest.approx(100.0)
+    # From the per-corruption means over the same severities (metrics.json's shift_by_corruption): the same.
+    of_means = shift.mean_corruption_error_of_means(summary["by_corruption"],
+                                                    shift.shift_summary(baseline)["by_corruption"])
+    assert of_means["mCE"] == pytest.approx(mce["mCE"]) and of_means["CE"] == pytest.approx(mce["CE"])
+    with pytest.raises(ValueError, match="baseline has no result for 'snow'"):
+        shift.mean_corruption_error_of_means(summary["by_corruption"], {"fog": {"accuracy": 50.0}})
     with pytest.raises(ValueError, match="baseline has no result for 'fog/1'"):
         shift.mean_corruption_error(results, {})
     with pytest.raises(ValueError, match="at least one corrupted set"):
