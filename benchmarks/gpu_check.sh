@@ -20,6 +20,8 @@
 #   bench           op benchmark, bf16, both layouts: bandwidth-bound shapes of every op with cuda, triton and eager
 #                   first, CIFAR shapes next, torch.compile last; results.json and report.md written case by case
 #   train           training step, WRN-28-2, bf16, channels_last: single vs MixShare with cuda and with triton kernels
+#   cost            the cost of a prediction, WRN-28-2, B = 500, float32 and bf16: single vs MIMO (M = 2, 3) vs the
+#                   Deep Ensemble of M networks, timed side by side (prediction_cost.py; cost/ in bench.tar.gz)
 #   racecheck       compute-sanitizer racecheck on the pooling kernels
 #   edge-triton-big Triton at full size, B = 70,000 and > 2^31 elements
 # The last two usually fall to the follow-up call, which runs (BUDGET default 140 s) the backend check, then
@@ -98,6 +100,7 @@ if (( DRY_RUN )); then
   BENCH_PROVIDERS=(cpu eager) BENCH_WITHOUT_FUSED=(eager)
   COMPILE_PROVIDERS=(cpu compile) COMPILE_SHAPES=(--shapes "wrn-final B=4" --ops cutmix_unmix_pool)
   TRAIN=(--device cpu --quick --train-variants single mixshare/cpu)
+  COST=(--device cpu --model wrn-10-1 --subnets 2 --batch 4 --repeats 1 --warmup 0)
   BUILD=(bash -c 'if ls mixshare_ops/_C*.so >/dev/null 2>&1; then echo "dry run: the built extension is used";
          elif [[ -f ${DRY_RUN_LIBRARY:-} ]]; then sleep 10 && cp "$DRY_RUN_LIBRARY" mixshare_ops/ &&
            echo "dry run: $DRY_RUN_LIBRARY copied in place of compiling";
@@ -116,6 +119,7 @@ else
   BENCH_PROVIDERS=(cuda triton eager compile) BENCH_WITHOUT_FUSED=(triton eager compile)
   COMPILE_PROVIDERS=(cuda triton compile) COMPILE_SHAPES=()
   TRAIN=(--device cuda --train-models wrn-28-2 --train-variants single mixshare/cuda mixshare/triton --train-steps 10)
+  COST=(--device cuda --model wrn-28-2 --subnets 2 3 --batch 500 --repeats 20 --warmup 3)
   BUILD=(env "NVCC_APPEND_FLAGS=${NVCC_APPEND_FLAGS:--lineinfo} -Xptxas -v" "$PY" setup.py -q build_ext --inplace)
 fi
 BENCH+=(--layouts channels_first channels_last --ops box_mix cutmix_unmix cutmix_unmix_pool)
@@ -158,7 +162,7 @@ phase() {
   note "$name $verdict (rc=$rc) in $(( $(date +%s) - start ))s, cap ${cap}s"
   # Its count lines first (the last three), then up to six failure lines; else its last lines.
   local lines
-  lines=$(tail -n "+$first" "$log" | grep -E "^edge: |ERROR SUMMARY|RACECHECK SUMMARY|[0-9]+ (passed|failed)|^report: |^sass: " | tail -n 3)
+  lines=$(tail -n "+$first" "$log" | grep -E "^edge: |ERROR SUMMARY|RACECHECK SUMMARY|[0-9]+ (passed|failed)|^report: |^sass: |^cost: " | tail -n 3)
   lines+=$'\n'$(tail -n "+$first" "$log" | grep -E "^FAIL|^ERROR|Error|KeyboardInterrupt" | grep -v "ERROR SUMMARY" | head -n 6)
   [[ -n ${lines//$'\n'/} ]] || lines=$(tail -n 3 "$log")
   printf '%s\n' "$lines" | sed '/^$/d' | cut -c1-300 | sed 's/^/    /' >>"$SUMMARY"
@@ -273,6 +277,10 @@ run_named() {
       mkdir -p "$BENCH_TMP/train"
       phase train 50 "$BENCH_TMP/train/log.txt" "$PY" -m benchmarks.report --out "$BENCH_TMP/train" --train-only "${TRAIN[@]}"
       pack_bench ;;
+    cost)
+      mkdir -p "$BENCH_TMP/cost"
+      phase cost 40 "$BENCH_TMP/cost/log.txt" "$PY" -m benchmarks.prediction_cost --out "$BENCH_TMP/cost" "${COST[@]}"
+      pack_bench ;;
     racecheck) phase racecheck 40 "$OUT/sanitizer.txt" "${SANITIZER[@]}" ${SANITIZER[@]:+--tool racecheck} \
       "${EDGE[@]}" "${EDGE_FUSED_SMALL[@]}" --ops pool ;;
     edge-triton-big) phase edge-triton-big 60 "$OUT/edge.txt" "${EDGE[@]}" "${EDGE_TRITON_BIG[@]}" ;;
@@ -288,7 +296,7 @@ run_named() {
   esac
 }
 
-ORDER=(edge-cuda sass memcheck tests-cuda tests-triton tests-autotune bench train racecheck edge-triton-big)
+ORDER=(edge-cuda sass memcheck tests-cuda tests-triton tests-autotune bench train cost racecheck edge-triton-big)
 if [[ $MODE == full ]]; then
   TODO=("${ORDER[@]}")
 elif [[ -n ${PHASES:-} ]]; then

@@ -91,7 +91,7 @@ def test_dry_run_in_a_clean_tree_with_a_hang_and_a_cut_off_benchmark(tmp_path):
     assert "copied in place of compiling" in (out / "build.txt").read_text()
     for line in ("edge-triton ok", "build rc=0", "backend ok", "edge-cuda ok",
                  "sass SKIPPED", "memcheck TIMEOUT", "tests-cuda ok", "tests-triton ok", "tests-autotune ok",
-                 "bench TIMEOUT", "train ok", "racecheck ok", "edge-triton-big ok", "done: FAILED"):
+                 "bench TIMEOUT", "train ok", "cost ok", "racecheck ok", "edge-triton-big ok", "done: FAILED"):
         assert line in summary, line
     # No second build: every call ran with MIXSHARE_OPS_JIT=0 and nothing was compiled.
     assert all(line.startswith("JIT=0 ") for line in calls.read_text().splitlines())
@@ -107,11 +107,17 @@ def test_dry_run_in_a_clean_tree_with_a_hang_and_a_cut_off_benchmark(tmp_path):
         results = json.load(tar.extractfile("./bench/results.json"))
         report = tar.extractfile("./bench/report.md").read().decode()
         train = json.load(tar.extractfile("./train/results.json"))
+        prediction = json.load(tar.extractfile("./cost/cost.json"))
     measured = [r for r in results["ops"] if "median_ms" in r]
     assert measured and not results["settings"]["complete"] and "partial report" in report
     assert f"| {measured[0]['dims']} |" in report
     assert any(r["rotated"] > 1 for r in measured)  # the tiny shapes rotate over copies of their inputs
     assert {r["variant"] for r in train["train"] if "step_ms" in r} == {"single", "mixshare/cpu"}
+    (record,) = prediction["records"]  # wrn-10-1, M = 2, float32 on the CPU
+    assert record["num_subnets"] == 2 and set(record["costs"]) == {"single", "mimo", "deep_ensemble"}
+    assert [record["costs"][k]["forward_passes"] for k in ("single", "mimo", "deep_ensemble")] == [1, 1, 2]
+    assert record["costs"]["deep_ensemble"]["flops_per_example"] == 2 * record["costs"]["single"]["flops_per_example"]
+    assert "cost: wrn-10-1 M=2 B=4 float32 cpu: single" in summary
     for log, runs in (("edge.txt", 3), ("sanitizer.txt", 1)):  # triton, cpu, triton-big; racecheck
         counts = [line for line in (out / log).read_text().splitlines() if line.startswith("edge: ") and " passed" in line]
         assert len(counts) == runs and all(" 0 failed" in line for line in counts), (log, counts)
