@@ -44,6 +44,8 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from mixshare.tensor_checks import check_float_tensor
+
 __all__ = [
     "encoder_profiles",
     "classifier_profiles",
@@ -302,9 +304,7 @@ def conditional_variance(
     else:
         m = int(model.num_subnets)
         weight = next(model.parameters())
-    if not isinstance(images, torch.Tensor) or images.dim() != 4:
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor [N, C, H, W], got {shape}")
+    check_float_tensor(images, "images", "[N, C, H, W]")
     n = images.shape[0]
     if n < 2:
         raise ValueError(f"need at least 2 images to compute a variance, got {n}")

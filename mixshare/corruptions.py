@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixshare.tensor_checks import check_float_tensor
+
 __all__ = [
     "CORRUPTIONS",
     "CIFAR_PARAMETERS",
@@ -79,16 +81,9 @@ FROST_SCALE = 0.2
 
 
 def _check_images(images) -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4:
-        raise ValueError(f"images must be [N, C, H, W], got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be floating point in [0, 1] (pixel space), got {images.dtype}")
+    check_float_tensor(images, "images", "[N, C, H, W] (pixel space, values in [0, 1])", empty_ok=(0,))
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels, got shape {tuple(images.shape)}")
-    if images.shape[2] < 1 or images.shape[3] < 1:
-        raise ValueError(f"images must have H, W >= 1, got shape {tuple(images.shape)}")
     if images.numel():
         lo, hi = torch.aminmax(images.detach())
         lo, hi = float(lo), float(hi)

@@ -27,6 +27,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from mixshare.tensor_checks import check_float_tensor
+
 
 def _check_model(model, name: str = "model") -> None:
     if not isinstance(model, nn.Module) or not callable(getattr(model, "predict", None)):
@@ -35,12 +37,7 @@ def _check_model(model, name: str = "model") -> None:
 
 
 def _check_images(images, name: str = "images") -> None:
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
-    if images.dim() != 4 or images.shape[0] < 1:
-        raise ValueError(f"{name} must be one batch [B, C, H, W] with B >= 1, got shape {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {images.dtype}")
+    check_float_tensor(images, name, "[B, C, H, W] (one batch)")
 
 
 def _check_count(value, name: str, minimum: int) -> int:

@@ -46,6 +46,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mixshare.tensor_checks import check_float_tensor
+
 __all__ = [
     "ENSEMBLE_MODES",
     "ensemble_probs",
@@ -76,26 +78,11 @@ PROB_EPS = 1e-12
 
 
 def _check_logits(logits: torch.Tensor, name: str = "logits") -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(logits).__name__}")
-    if logits.dim() != 3:
-        raise ValueError(f"{name} must be [M, N, K] (subnetworks, samples, classes), got shape {tuple(logits.shape)}")
-    if not logits.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {logits.dtype}")
-    m, n, k = logits.shape
-    if m < 1 or n < 1 or k < 1:
-        raise ValueError(f"{name} must have M, N, K >= 1, got shape {tuple(logits.shape)}")
+    check_float_tensor(logits, name, "[M, N, K] (subnetworks, samples, classes)")
 
 
 def _check_probs(probs: torch.Tensor, name: str = "probs") -> None:
-    if not isinstance(probs, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(probs).__name__}")
-    if probs.dim() != 2:
-        raise ValueError(f"{name} must be [N, K] (samples, classes), got shape {tuple(probs.shape)}")
-    if not probs.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {probs.dtype}")
-    if probs.shape[0] < 1 or probs.shape[1] < 1:
-        raise ValueError(f"{name} must have N, K >= 1, got shape {tuple(probs.shape)}")
+    check_float_tensor(probs, name, "[N, K] (samples, classes)")
 
 
 def _check_labels(labels: torch.Tensor, n: int, k: int) -> None:
@@ -503,13 +490,7 @@ def uncertainty_scores(logits: torch.Tensor, ensemble: str = "logits") -> dict:
 
 
 def _check_scores(scores, name: str) -> torch.Tensor:
-    if not isinstance(scores, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(scores).__name__}")
-    if scores.dim() != 1 or scores.shape[0] < 1:
-        raise ValueError(f"{name} must be a non-empty 1-D tensor [N], got shape {tuple(scores.shape)}")
-    if not scores.is_floating_point():
-        raise TypeError(f"{name} must be floating point, got {scores.dtype}")
-    s = scores.detach().double()
+    s = check_float_tensor(scores, name, "[N] (one score per sample)").detach().double()
     if not bool(torch.isfinite(s).all()):
         raise ValueError(f"{name} must be finite")
     return s

@@ -106,7 +106,7 @@ def test_ood_bad_input():
         metrics.auroc(torch.rand(5), torch.ones(5, dtype=torch.bool))
     with pytest.raises(ValueError, match="scores_in must be finite"):
         metrics.fpr_at_tpr(torch.tensor([float("nan"), 1.0]), torch.rand(3))
-    with pytest.raises(ValueError, match=r"scores must be a non-empty 1-D tensor"):
+    with pytest.raises(ValueError, match=r"scores must be \[N\] \(one score per sample\), got shape \(2, 3\)"):
         metrics.auroc(torch.rand(2, 3), torch.ones(6, dtype=torch.bool))
     with pytest.raises(ValueError, match="tpr must lie in"):
         metrics.fpr_at_tpr(torch.rand(3), torch.rand(3), tpr=0.0)
