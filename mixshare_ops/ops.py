@@ -28,6 +28,7 @@ import torch
 
 from mixshare_ops import checks, reference
 from mixshare_ops.backends import op, select_backend
+from mixshare_ops.conventions import DEFAULT_NORMALIZE
 from mixshare_ops.plan import MixPlan
 
 Tensor = torch.Tensor
@@ -241,11 +242,12 @@ def cutmix_mix(x0: Tensor, x1: Tensor, boxes: Tensor, scale: float = 2.0, *, bac
     )
 
 
-def _unmix_plan(plan, op, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize="masked"):
-    """The unmixing arguments, from ``plan`` or as given (defaults: ratio 0, normalize "masked")."""
+def _unmix_plan(plan, op, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize):
+    """The unmixing arguments, from ``plan`` or as given (defaults: ratio 0, normalize
+    :data:`~mixshare_ops.conventions.DEFAULT_NORMALIZE`)."""
     if plan is None:
         return (boxes, inside_weight, outside_weight, box_size, 0.0 if ratio is None else ratio, channels,
-                "masked" if normalize is None else normalize)
+                DEFAULT_NORMALIZE if normalize is None else normalize)
     _from_plan(plan, op, dict(boxes=boxes, inside_weight=inside_weight, outside_weight=outside_weight,
                               box_size=box_size, ratio=ratio, channels=channels, normalize=normalize),
                features, "features")
@@ -325,11 +327,6 @@ def cutmix_unmix(
     )
 
 
-def _validate_unmix_pool(features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize):
-    checks.validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    checks.check_normalize(normalize)
-
-
 def cutmix_unmix_pool(
     features: Tensor,
     boxes: Optional[Tensor] = None,
@@ -345,18 +342,21 @@ def cutmix_unmix_pool(
 ) -> Tensor:
     """Unmixing fused with global average pooling: [B, C, h, w] -> [M, B, C].
 
-    Never materialises the M masked maps. ``normalize="mean"`` divides by
-    ``h * w``; ``"masked"`` (the default here) by the sum of the applied mask
-    over (h, w) (by ``h * w`` where that sum is 0). The training presets pool
-    with ``"mean"`` (``unmix_normalize`` in mixshare's config); a ``plan``
-    carries its method's setting, with the boxes, weights, ``box_size`` (its
-    grid), ratio and channels. Differentiable with respect to ``features``.
+    Never materialises the M masked maps. ``normalize`` (the modes and their
+    meaning: :data:`~mixshare_ops.conventions.NORMALIZE_MEANINGS`): ``"mean"``
+    divides by ``h * w``; ``"masked"`` by the sum of the applied mask over
+    (h, w) (by ``h * w`` where that sum is 0). The default here is
+    ``"masked"`` (:data:`~mixshare_ops.conventions.DEFAULT_NORMALIZE`), while
+    mixshare's training config (``unmix_normalize``) defaults to ``"mean"``; a
+    ``plan`` carries its method's setting, with the boxes, weights,
+    ``box_size`` (its grid), ratio and channels. Differentiable with respect
+    to ``features``.
     """
     boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize = _unmix_plan(
         plan, "cutmix_unmix_pool", features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
     box_size, channels = _unmix_args(features, box_size, channels)
     args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    backend = _unmix_backend(backend, _validate_unmix_pool, args + (normalize,), strs=(normalize,))
+    backend = _unmix_backend(backend, checks.validate_unmix_pool, args + (normalize,), strs=(normalize,))
     if backend == "reference":
         _check_reference_values(checks.check_box_values, boxes, *box_size)
         return reference.cutmix_unmix_pool(

@@ -77,6 +77,7 @@ import triton.language as tl
 from triton.runtime.autotuner import Autotuner
 
 from mixshare_ops._layout import CHANNELS_LAST
+from mixshare_ops.conventions import DEFAULT_SUBNETS
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # MIXSHARE_OPS_TRITON_AUTOTUNE=0 (read at import) launches the heuristic tiles
@@ -377,12 +378,9 @@ def _stacked_tiles(flat_ptr, stacked_ptr, coef, b, c0, p, stacked_offset, stride
 _TILE_PAD = 2**16
 
 
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _tl_dtype(opmath: torch.dtype):
+    """The Triton dtype of an opmath dtype (:func:`mixshare_ops.conventions.opmath_dtype`)."""
+    return tl.float64 if opmath == torch.float64 else tl.float32
 
 
 def _on_device(t: torch.Tensor):
@@ -402,9 +400,10 @@ def _scalar_arg(value: float, opmath: torch.dtype, device: torch.device):
 
 
 def _unmix_weights(inside_weight, outside_weight, opmath):
-    """(M, inside [B, M], outside [B, M], default): None weights are the default M = 2."""
+    """(M, inside [B, M], outside [B, M], default): None weights are the default M = 2 weights,
+    which the kernels form themselves (``DEFAULT_W``)."""
     if inside_weight is None:
-        return 2, None, None, True
+        return DEFAULT_SUBNETS, None, None, True
     w_in = inside_weight.to(opmath).contiguous()
     w_out = outside_weight.to(opmath).contiguous()
     return w_in.shape[1], w_in, w_out, False
