@@ -290,6 +290,25 @@ def _unmix_backend(backend, validate, args, strs=()):
     )
 
 
+def _unmix_op(name, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize, plan,
+              backend):
+    """``name`` (cutmix_unmix, or cutmix_unmix_pool, which alone takes ``normalize``) on its arguments,
+    taken from ``plan`` or as given, checked, on the chosen backend."""
+    pool = name == "cutmix_unmix_pool"
+    boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize = _unmix_plan(
+        plan, name, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
+    box_size, channels = _unmix_args(features, box_size, channels)
+    extra = (normalize,) if pool else ()
+    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels) + extra
+    backend = _unmix_backend(backend, checks.validate_unmix_pool if pool else checks.validate_unmix, args, strs=extra)
+    if backend == "reference":
+        _check_reference_values(checks.check_box_values, boxes, *box_size)
+        return getattr(reference, name)(features, boxes, inside_weight, outside_weight, box_size=box_size, ratio=ratio,
+                                        channels=channels, **({"normalize": normalize} if pool else {}))
+    return op(backend, name)(features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio),
+                             channels, *extra)
+
+
 def cutmix_unmix(
     features: Tensor,
     boxes: Optional[Tensor] = None,
@@ -312,19 +331,8 @@ def cutmix_unmix(
     :class:`MixPlan` giving boxes, weights, ``box_size`` (its grid), ratio and
     channels instead. Differentiable with respect to ``features``.
     """
-    boxes, inside_weight, outside_weight, box_size, ratio, channels, _ = _unmix_plan(
-        plan, "cutmix_unmix", features, boxes, inside_weight, outside_weight, box_size, ratio, channels, None)
-    box_size, channels = _unmix_args(features, box_size, channels)
-    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    backend = _unmix_backend(backend, checks.validate_unmix, args)
-    if backend == "reference":
-        _check_reference_values(checks.check_box_values, boxes, *box_size)
-        return reference.cutmix_unmix(
-            features, boxes, inside_weight, outside_weight, box_size=box_size, ratio=ratio, channels=channels
-        )
-    return op(backend, "cutmix_unmix")(
-        features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels
-    )
+    return _unmix_op("cutmix_unmix", features, boxes, inside_weight, outside_weight, box_size, ratio, channels,
+                     None, plan, backend)
 
 
 def cutmix_unmix_pool(
@@ -352,17 +360,5 @@ def cutmix_unmix_pool(
     ``box_size`` (its grid), ratio and channels. Differentiable with respect
     to ``features``.
     """
-    boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize = _unmix_plan(
-        plan, "cutmix_unmix_pool", features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
-    box_size, channels = _unmix_args(features, box_size, channels)
-    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    backend = _unmix_backend(backend, checks.validate_unmix_pool, args + (normalize,), strs=(normalize,))
-    if backend == "reference":
-        _check_reference_values(checks.check_box_values, boxes, *box_size)
-        return reference.cutmix_unmix_pool(
-            features, boxes, inside_weight, outside_weight,
-            box_size=box_size, ratio=ratio, channels=channels, normalize=normalize,
-        )
-    return op(backend, "cutmix_unmix_pool")(
-        features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels, normalize
-    )
+    return _unmix_op("cutmix_unmix_pool", features, boxes, inside_weight, outside_weight, box_size, ratio, channels,
+                     normalize, plan, backend)

@@ -168,8 +168,14 @@ def unmix_masks(boxes, inside_weight, outside_weight, box_size, feature_size, ra
     return masks + ratio * (1 - masks)
 
 
-def _resolve_box_size(features, box_size):
-    return tuple(features.shape[-2:]) if box_size is None else tuple(box_size)
+def _unmix_inputs(features, boxes, inside_weight, outside_weight, box_size, ratio, channels):
+    """(features in opmath [B, C, h, w], applied masks [M, B, h, w] in opmath, channels as an int);
+    ``box_size`` defaults to the feature size, ``channels`` to all."""
+    compute = opmath_dtype(features.dtype)
+    num_channels, h, w = features.shape[1:]
+    box_size = (h, w) if box_size is None else tuple(box_size)
+    masks = unmix_masks(boxes, inside_weight, outside_weight, box_size, (h, w), ratio, compute)
+    return features.to(compute), masks, num_channels if channels is None else channels
 
 
 def cutmix_unmix(
@@ -187,13 +193,7 @@ def cutmix_unmix(
     The first ``channels`` channels are multiplied by subnetwork i's applied
     mask; the other channels pass through unchanged.
     """
-    compute = opmath_dtype(features.dtype)
-    num_channels, h, w = features.shape[1:]
-    channels = num_channels if channels is None else channels
-    masks = unmix_masks(
-        boxes, inside_weight, outside_weight, _resolve_box_size(features, box_size), (h, w), ratio, compute
-    )  # [M, B, h, w]
-    feats = features.to(compute)
+    feats, masks, channels = _unmix_inputs(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
     unmixed = feats[None, :, :channels] * masks[:, :, None]
     passthrough = feats[None, :, channels:].expand(masks.shape[0], -1, -1, -1, -1)
     return torch.cat([unmixed, passthrough], dim=2).to(features.dtype)
@@ -216,19 +216,14 @@ def cutmix_unmix_pool(
     divides by ``h * w``; ``"masked"`` by the sum over (h, w) of the applied
     mask (by ``h * w`` where that sum is 0).
     """
-    compute = opmath_dtype(features.dtype)
-    num_channels, h, w = features.shape[1:]
-    channels = num_channels if channels is None else channels
-    masks = unmix_masks(
-        boxes, inside_weight, outside_weight, _resolve_box_size(features, box_size), (h, w), ratio, compute
-    )
-    feats = features.to(compute)
+    feats, masks, channels = _unmix_inputs(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    h, w = features.shape[2:]
     masked_sum = torch.einsum("bchw,mbhw->mbc", feats[:, :channels], masks)  # [M, B, channels]
     if normalize == "masked":
         denom = masks.sum(dim=(2, 3))  # [M, B]
         denom = torch.where(denom == 0, torch.full_like(denom, h * w), denom)
     else:
-        denom = torch.full(masks.shape[:2], float(h * w), dtype=compute, device=features.device)
+        denom = torch.full(masks.shape[:2], float(h * w), dtype=feats.dtype, device=features.device)
     pooled = masked_sum / denom[:, :, None]
     plain = feats[:, channels:].mean(dim=(2, 3))[None].expand(masks.shape[0], -1, -1)
     return torch.cat([pooled, plain], dim=2).to(features.dtype)
