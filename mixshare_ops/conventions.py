@@ -65,7 +65,7 @@ NORMALIZE_MEANINGS = {
 }
 NORMALIZE_MODES = tuple(NORMALIZE_MEANINGS)
 # The ops' default. mixshare's training config (``unmix_normalize``) defaults to
-# "mean" instead: its presets and published numbers were trained that way, and
-# a plan (``UnmixPlan.normalize``) carries the config's choice to the op; a call
-# of the op without a plan or ``normalize=`` gets "masked".
+# "mean" instead: its presets train that way (changing it would change every
+# trained number), and a plan (``UnmixPlan.normalize``) carries the config's
+# choice to the op; a call of the op without a plan or ``normalize=`` gets "masked".
 DEFAULT_NORMALIZE = "masked"
