@@ -26,7 +26,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 import mixshare_ops
-from mixshare_ops import reference
+from mixshare_ops import reference, testing
 from mixshare_ops.backends import available_backends
 
 OPS = ("cutmix_mask", "box_mix", "cutmix_unmix", "cutmix_unmix_pool")
@@ -245,11 +245,7 @@ def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: expected one of {LAYOUTS}")
-    if layout == "channels_first":
-        return t.contiguous()
-    lead = list(range(t.dim() - 3))
-    c, h, w = t.dim() - 3, t.dim() - 2, t.dim() - 1
-    return t.permute(lead + [h, w, c]).contiguous().permute(lead + [t.dim() - 1, t.dim() - 3, t.dim() - 2])
+    return testing.to_layout(t.contiguous(), channels_last=layout == "channels_last")
 
 
 def mixmo_weights(lam: torch.Tensor, owner: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,7 +4,7 @@
     python -m benchmarks.gpu_edge --device cpu --backends cpu --size tiny        # the CPU dry run
 
 Each check compares a fused backend with :mod:`mixshare_ops.reference` (same
-device and dtype, tolerances of ``tests/cases.py``), forward and backward, after
+device and dtype, tolerances of :mod:`mixshare_ops.testing`), forward and backward, after
 filling the free blocks of the CUDA caching allocator with NaN so that an
 output element a kernel never writes shows as a mismatch. What the cases reach:
 
@@ -44,8 +44,7 @@ if not torch.cuda.is_available():
 
 import mixshare_ops  # noqa: E402
 from mixshare_ops import reference  # noqa: E402
-from benchmarks.cases import to_layout  # noqa: E402
-from tests.cases import TOLERANCES, make_boxes  # noqa: E402
+from mixshare_ops.testing import assert_close, make_boxes, to_layout  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "float64": torch.float64}
 
@@ -98,8 +97,7 @@ def assert_matches(actual: torch.Tensor, expected: torch.Tensor, dtype: Optional
     assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     finite_a, finite_e = torch.isfinite(actual.float()), torch.isfinite(expected.float())
     assert torch.equal(finite_a, finite_e), f"{int((finite_a != finite_e).sum())} elements differ in finiteness"
-    atol, rtol = TOLERANCES[dtype or expected.dtype]
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+    assert_close(actual, expected, dtype)
 
 
 def seeded(*key) -> torch.Generator:
@@ -121,7 +119,7 @@ def misaligned(shape, dtype, device, generator) -> torch.Tensor:
 
 def channels_last(t: torch.Tensor) -> torch.Tensor:
     """``[..., C, H, W]`` with channels innermost in memory, same values."""
-    return to_layout(t, "channels_last")
+    return to_layout(t, channels_last=True)
 
 
 def random_boxes(batch: int, height: int, width: int, generator: torch.Generator, device) -> torch.Tensor:

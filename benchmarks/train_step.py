@@ -27,6 +27,7 @@ from mixshare.config import Config, apply, preset
 from mixshare.loader import MimoLoader
 from mixshare.methods import sample_plan
 from mixshare.models import build_model
+from mixshare.runtime import bf16_autocast, gpu_only
 from mixshare.train import mimo_loss, training_step
 from mixshare_ops.backends import ENV_VAR, available_backends
 
@@ -94,6 +95,16 @@ def _dataset(setting: StepSetting, num_train: int, device: Optional[torch.device
     return dataset.to(device) if device is not None else dataset
 
 
+def _forever(loader) -> Iterator:
+    """The loader's batches, epoch after epoch (each epoch a new pass, reshuffled as the loader does)."""
+    while True:
+        batches = 0
+        for batches, batch in enumerate(loader, 1):
+            yield batch
+        if batches == 0:
+            raise ValueError("the loader gives no batch: the benchmark set is smaller than one batch")
+
+
 # ------------------------------------------------------------ fused pipeline
 
 
@@ -106,8 +117,7 @@ class FusedStep:
         self.config = c = _config(setting, method, device)
         dataset = _dataset(setting, 4 * setting.rows, device)
         self.model = build_model(setting.model, setting.num_classes, c.num_subnets, c.encoder_init).to(device)
-        self.bf16 = device.type == "cuda" and c.bf16
-        channels_last = device.type == "cuda" and c.channels_last
+        channels_last = gpu_only(c.channels_last, device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
@@ -115,18 +125,14 @@ class FusedStep:
                                  seed=0, channels_last=channels_last)
         self.grid = self.model.mixing_grid(tuple(dataset.train_images.shape[-2:]))
         self.host_rng = random.Random(3)
-        self.batches = iter(())
+        self.batches = _forever(self.loader)
 
     def __call__(self) -> None:
-        batch = next(self.batches, None)
-        if batch is None:
-            self.batches = iter(self.loader)
-            batch = next(self.batches)
-        images, labels = batch
+        images, labels = next(self.batches)
         # Epoch 50 of 300: inside MixShare's fadeout, cut probability 1.
         plan = sample_plan(self.config, labels.shape[1], self.grid, 50.0, self.loader.sample_generator,
                            self.host_rng, self.model.num_features, scale=self.model.mixing_scale)
-        training_step(self.model, images, labels, plan, self.optimizer, bf16=self.bf16)
+        training_step(self.model, images, labels, plan, self.optimizer, bf16=self.config.bf16)
 
 
 # ------------------------------------------------- MixMo-style CPU-mask pipeline
@@ -192,33 +198,29 @@ class DataLoaderStep:
 
     def __init__(self, setting: StepSetting, device: torch.device, workers: Optional[int] = None):
         self.device = device
-        self.on_gpu = device.type == "cuda"
+        self.channels_last = gpu_only(True, device)  # as bf16 autocast: on for every GPU run
         dataset = _dataset(setting, 4 * setting.rows, None)
         workers = min(8, os.cpu_count() or 1) if workers is None else workers
         self.loader = torch.utils.data.DataLoader(
             PerSampleMixDataset(dataset.train_images, dataset.train_labels),
             batch_size=setting.rows, shuffle=True, drop_last=True, num_workers=workers,
-            pin_memory=self.on_gpu, persistent_workers=workers > 0,
+            pin_memory=device.type == "cuda", persistent_workers=workers > 0,
         )
         self.model = build_model(setting.model, setting.num_classes, 2).to(device)
-        if self.on_gpu:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, nesterov=True)
-        self.iterator = iter(())
+        self.batches = _forever(self.loader)
 
     def __call__(self) -> None:
-        batch = next(self.iterator, None)
-        if batch is None:
-            self.iterator = iter(self.loader)
-            batch = next(self.iterator)
-        images, labels, mask, area = (t.to(self.device, non_blocking=True) for t in batch)
+        images, labels, mask, area = (t.to(self.device, non_blocking=True) for t in next(self.batches))
         images = images.transpose(0, 1)  # [M, B, 3, H, W]
-        if self.on_gpu:
+        if self.channels_last:
             m, b = images.shape[:2]
             images = images.reshape(m * b, *images.shape[2:]).contiguous(memory_format=torch.channels_last)
             images = images.view(m, b, *images.shape[1:])
         weights = torch.stack([area, 1 - area], dim=1) * 2
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.on_gpu):
+        with bf16_autocast(True, self.device):
             logits = dense_mask_forward(self.model, images, mask, 0.5)
         loss = mimo_loss(logits, labels.t(), weights)
         self.optimizer.zero_grad(set_to_none=True)

@@ -41,7 +41,7 @@ class Config:
     loss_root: float = _key(1.0, "MixMo loss reweighting root r (1: none)")
     unmix: bool = _key(False, "MixShare unmixing: each head pools the part of the final map its input filled")
     unmix_channels: float = _key(1.0, "fraction of the final channels unmixed")
-    unmix_normalize: str = _key("mean", "how the unmixed map is pooled: mean | masked")
+    unmix_normalize: str = _key("mean", "head pooling divides by: mean (h*w) | masked (its mask's sum, the ops' default)")
     fade_epochs: Optional[float] = _key(None, "unmixing fades out over this many epochs (None: no fadeout)")
     fade_fraction: Optional[float] = _key(None, "... or over this fraction of training")
     encoder_init: str = _key("independent", "initial kernels of the M encoders: independent | identical | colinear")

@@ -11,6 +11,7 @@ import torch
 
 from mixshare import analysis, metrics, plots
 from mixshare.config import Config
+from mixshare.runtime import bf16_autocast
 
 #: metrics.json's format: 2 holds every rate in percent (ECE too; format 1, unmarked, had ECE as a fraction).
 METRICS_FORMAT = 2
@@ -25,7 +26,7 @@ def collect_logits(model, images: torch.Tensor, batch_size: int = 500, bf16: boo
     try:
         for start in range(0, images.shape[0], batch_size):
             batch = images[start : start + batch_size]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and batch.is_cuda):
+            with bf16_autocast(bf16, batch.device):
                 out.append(model.predict(batch).float())
     finally:
         model.train(was_training)

@@ -52,6 +52,18 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def gpu_only(wanted: bool, device) -> bool:
+    """Whether a GPU-only speed setting (bfloat16 autocast, channels_last memory) applies: asked for
+    (``wanted``) and on a CUDA device. Elsewhere both stay off, whatever the config says."""
+    return bool(wanted) and torch.device(device).type == "cuda"
+
+
+def bf16_autocast(wanted: bool, device):
+    """The forward's bfloat16 autocast on ``device`` where :func:`gpu_only` lets it apply; else a
+    context that changes nothing."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=gpu_only(wanted, device))
+
+
 def launch_rank() -> int:
     """This process's rank as torchrun's environment states it (0 outside torchrun), readable before
     the process group exists."""

@@ -43,7 +43,7 @@ from mixshare.loader import MimoLoader
 from mixshare.methods import MixPlan
 from mixshare.models import model_from_config
 from mixshare.optim import make_optimizer, make_scheduler
-from mixshare.runtime import launch_rank, resolve_device, setup_distributed
+from mixshare.runtime import bf16_autocast, gpu_only, launch_rank, resolve_device, setup_distributed
 
 
 class TrainingDiverged(RuntimeError):
@@ -112,12 +112,12 @@ def training_step(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step on images [M, R, C, H, W] and labels [M, R], mixed by ``plan``.
 
-    ``bf16``: forward under bfloat16 autocast (CUDA). Returns the loss (scalar)
+    ``bf16``: forward under bfloat16 autocast (on CUDA only). Returns the loss (scalar)
     and the logits [M, R, K], detached. No host synchronisation: the plan's boxes
     are valid by construction, so the ops' value checks (a sync each on CUDA) are off.
     """
     with mixshare_ops.value_checks(False):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+        with bf16_autocast(bf16, images.device):
             logits = model(images, plan)
         loss = mimo_loss(logits, labels, plan)
         optimizer.zero_grad(set_to_none=True)
@@ -204,7 +204,8 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
     torch.manual_seed(config.seed)
     dataset = data.load_data(config).to(device)
     model = model_from_config(config, dataset.num_classes).to(device)
-    if on_gpu and config.channels_last:
+    channels_last = gpu_only(config.channels_last, device)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if config.compile:  # the heavy part; the mixing ops are fused already
         model.compile_core()
@@ -214,7 +215,7 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
 
     loader = MimoLoader(
         dataset, config.batch_size, config.num_subnets, config.batch_repetition, config.input_repetition,
-        seed=config.seed, channels_last=on_gpu and config.channels_last, rank=ddp.rank, world_size=ddp.world_size,
+        seed=config.seed, channels_last=channels_last, rank=ddp.rank, world_size=ddp.world_size,
     )
     steps = len(loader)
     optimizer = make_optimizer(model, config)
@@ -256,7 +257,7 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
             for images, labels in batches:
                 plan = methods.sample_plan(config, labels.shape[1], grid, epoch, loader.sample_generator, host_rng,
                                            model.num_features, scale=model.mixing_scale)
-                loss, logits = training_step(net, images, labels, plan, optimizer, bf16=on_gpu and config.bf16)
+                loss, logits = training_step(net, images, labels, plan, optimizer, bf16=config.bf16)
                 lr = optimizer.param_groups[0]["lr"]  # the lr this step trained at
                 scheduler.step()
                 loss_sum += loss

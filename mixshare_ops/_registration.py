@@ -21,11 +21,7 @@ import inspect
 import torch
 
 from mixshare_ops import _extension, _layout, backends, checks
-
-
-def _subnets(inside_weight) -> int:
-    return 2 if inside_weight is None else inside_weight.shape[1]
-
+from mixshare_ops.conventions import num_subnets
 
 # ---------------------------------------------------------------- fake kernels
 
@@ -57,7 +53,7 @@ def _fake_cutmix_unmix(features, boxes, inside_weight, outside_weight, box_heigh
     batch, num_channels, height, width = features.shape
     _, layout = _layout.feature_layout(features)
     return _layout.empty_stacked(
-        _subnets(inside_weight), batch, num_channels, height, width, layout, dtype=features.dtype, device=features.device
+        num_subnets(inside_weight), batch, num_channels, height, width, layout, dtype=features.dtype, device=features.device
     )
 
 
@@ -71,7 +67,7 @@ def _fake_cutmix_unmix_pool(
     features, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels, normalize
 ):
     batch, num_channels = features.shape[:2]
-    return features.new_empty((_subnets(inside_weight), batch, num_channels))
+    return features.new_empty((num_subnets(inside_weight), batch, num_channels))
 
 
 def _fake_cutmix_unmix_pool_backward(
@@ -98,8 +94,7 @@ def _validate(name, args):
     elif name == "cutmix_unmix_backward":
         checks.validate_unmix_backward(*args[:4], tuple(args[4:6]), *args[6:8])
     elif name == "cutmix_unmix_pool":
-        checks.validate_unmix(*args[:4], tuple(args[4:6]), *args[6:8])
-        checks.check_normalize(args[8])
+        checks.validate_unmix_pool(*args[:4], tuple(args[4:6]), *args[6:9])
     else:
         checks.validate_unmix_pool_backward(*args[:4], tuple(args[4:6]), *args[6:11])
 
@@ -122,10 +117,7 @@ def _checked(name, fake):
         tensors = [(n, v) for n, v in bound.arguments.items() if isinstance(v, torch.Tensor)]
         first_name, first = tensors[0]
         for n, value in tensors[1:]:
-            torch._check(
-                value.device == first.device,
-                lambda: f"{n} must be on the device of {first_name} ({first.device}), got {value.device}",
-            )
+            checks.check_same_device(value, first, n, first_name)
         _validate(name, values)
         return fake(*args, **kwargs)
 

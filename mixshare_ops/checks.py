@@ -20,9 +20,9 @@ import math
 import torch
 
 from mixshare_ops import _extension
+from mixshare_ops.conventions import DEFAULT_SUBNETS, NORMALIZE_MODES
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-NORMALIZE_MODES = ("mean", "masked")
 
 # The value-check switch. With the C++ library loaded, its flag (read and set
 # through torch.ops.mixshare_ops._value_checks_enabled / _set_value_checks)
@@ -73,6 +73,8 @@ def check_floating(t: torch.Tensor, name: str) -> None:
 
 
 def check_same_device(t: torch.Tensor, like: torch.Tensor, name: str, like_name: str) -> None:
+    """Tensor argument ``name`` on the device of ``like_name`` (every backend's message, as
+    ``check_same_device`` of csrc/op_args.cpp)."""
     if t.device != like.device:
         raise ValueError(f"{name} must be on the same device as {like_name} ({like.device}), got {t.device}")
 
@@ -147,11 +149,12 @@ def check_weights(weights, name: str, like: torch.Tensor, like_name: str, batch:
 
 
 def check_unmix_weights(inside_weight, outside_weight, like: torch.Tensor, like_name: str, batch: int) -> int:
-    """Both weights [B, M] (M >= 2) or both None (M = 2). Returns M."""
+    """Both weights [B, M] (M >= 2) or both None (the default M = 2 weights). Returns M."""
     if (inside_weight is None) != (outside_weight is None):
-        raise ValueError("inside_weight and outside_weight must be given together or both left out (default M = 2)")
+        raise ValueError("inside_weight and outside_weight must be given together or both left out "
+                         f"(default M = {DEFAULT_SUBNETS})")
     if inside_weight is None:
-        return 2
+        return DEFAULT_SUBNETS
     if not isinstance(inside_weight, torch.Tensor) or inside_weight.dim() != 2:
         shape = tuple(inside_weight.shape) if isinstance(inside_weight, torch.Tensor) else type(inside_weight).__name__
         raise ValueError(f"inside_weight must have shape [B, M], got {shape}")
@@ -180,8 +183,10 @@ def check_unmix_scalars(box_size, height: int, width: int, ratio, channels, num_
 
 
 def check_normalize(normalize) -> None:
+    """One of :data:`~mixshare_ops.conventions.NORMALIZE_MODES`."""
     if normalize not in NORMALIZE_MODES:
-        raise ValueError(f'normalize must be "mean" or "masked", got {normalize!r}')
+        modes = " or ".join(f'"{mode}"' for mode in NORMALIZE_MODES)
+        raise ValueError(f"normalize must be {modes}, got {normalize!r}")
 
 
 def check_scale(scale) -> None:
@@ -245,12 +250,19 @@ def validate_box_mix_backward(grad_out, boxes, inside_weight, outside_weight, sc
 
 
 def validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels) -> int:
-    """Checks cutmix_unmix / cutmix_unmix_pool arguments; returns M."""
+    """Checks cutmix_unmix arguments; returns M."""
     check_features(features, "features")
     batch, num_channels, height, width = features.shape
     check_unmix_scalars(box_size, height, width, ratio, channels, num_channels)
     check_boxes(boxes, features, "features", batch)
     return check_unmix_weights(inside_weight, outside_weight, features, "features", batch)
+
+
+def validate_unmix_pool(features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize) -> int:
+    """Checks cutmix_unmix_pool arguments; returns M."""
+    subnets = validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    check_normalize(normalize)
+    return subnets
 
 
 def validate_unmix_backward(grad_out, boxes, inside_weight, outside_weight, box_size, ratio, channels) -> None:

@@ -28,6 +28,7 @@ import torch
 
 from mixshare_ops import checks, reference
 from mixshare_ops.backends import op, select_backend
+from mixshare_ops.conventions import DEFAULT_NORMALIZE
 from mixshare_ops.plan import MixPlan
 
 Tensor = torch.Tensor
@@ -241,11 +242,12 @@ def cutmix_mix(x0: Tensor, x1: Tensor, boxes: Tensor, scale: float = 2.0, *, bac
     )
 
 
-def _unmix_plan(plan, op, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize="masked"):
-    """The unmixing arguments, from ``plan`` or as given (defaults: ratio 0, normalize "masked")."""
+def _unmix_plan(plan, op, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize):
+    """The unmixing arguments, from ``plan`` or as given (defaults: ratio 0, normalize
+    :data:`~mixshare_ops.conventions.DEFAULT_NORMALIZE`)."""
     if plan is None:
         return (boxes, inside_weight, outside_weight, box_size, 0.0 if ratio is None else ratio, channels,
-                "masked" if normalize is None else normalize)
+                DEFAULT_NORMALIZE if normalize is None else normalize)
     _from_plan(plan, op, dict(boxes=boxes, inside_weight=inside_weight, outside_weight=outside_weight,
                               box_size=box_size, ratio=ratio, channels=channels, normalize=normalize),
                features, "features")
@@ -288,6 +290,25 @@ def _unmix_backend(backend, validate, args, strs=()):
     )
 
 
+def _unmix_op(name, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize, plan,
+              backend):
+    """``name`` (cutmix_unmix, or cutmix_unmix_pool, which alone takes ``normalize``) on its arguments,
+    taken from ``plan`` or as given, checked, on the chosen backend."""
+    pool = name == "cutmix_unmix_pool"
+    boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize = _unmix_plan(
+        plan, name, features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
+    box_size, channels = _unmix_args(features, box_size, channels)
+    extra = (normalize,) if pool else ()
+    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels) + extra
+    backend = _unmix_backend(backend, checks.validate_unmix_pool if pool else checks.validate_unmix, args, strs=extra)
+    if backend == "reference":
+        _check_reference_values(checks.check_box_values, boxes, *box_size)
+        return getattr(reference, name)(features, boxes, inside_weight, outside_weight, box_size=box_size, ratio=ratio,
+                                        channels=channels, **({"normalize": normalize} if pool else {}))
+    return op(backend, name)(features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio),
+                             channels, *extra)
+
+
 def cutmix_unmix(
     features: Tensor,
     boxes: Optional[Tensor] = None,
@@ -310,24 +331,8 @@ def cutmix_unmix(
     :class:`MixPlan` giving boxes, weights, ``box_size`` (its grid), ratio and
     channels instead. Differentiable with respect to ``features``.
     """
-    boxes, inside_weight, outside_weight, box_size, ratio, channels, _ = _unmix_plan(
-        plan, "cutmix_unmix", features, boxes, inside_weight, outside_weight, box_size, ratio, channels, None)
-    box_size, channels = _unmix_args(features, box_size, channels)
-    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    backend = _unmix_backend(backend, checks.validate_unmix, args)
-    if backend == "reference":
-        _check_reference_values(checks.check_box_values, boxes, *box_size)
-        return reference.cutmix_unmix(
-            features, boxes, inside_weight, outside_weight, box_size=box_size, ratio=ratio, channels=channels
-        )
-    return op(backend, "cutmix_unmix")(
-        features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels
-    )
-
-
-def _validate_unmix_pool(features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize):
-    checks.validate_unmix(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    checks.check_normalize(normalize)
+    return _unmix_op("cutmix_unmix", features, boxes, inside_weight, outside_weight, box_size, ratio, channels,
+                     None, plan, backend)
 
 
 def cutmix_unmix_pool(
@@ -345,24 +350,15 @@ def cutmix_unmix_pool(
 ) -> Tensor:
     """Unmixing fused with global average pooling: [B, C, h, w] -> [M, B, C].
 
-    Never materialises the M masked maps. ``normalize="mean"`` divides by
-    ``h * w``; ``"masked"`` (the default here) by the sum of the applied mask
-    over (h, w) (by ``h * w`` where that sum is 0). The training presets pool
-    with ``"mean"`` (``unmix_normalize`` in mixshare's config); a ``plan``
-    carries its method's setting, with the boxes, weights, ``box_size`` (its
-    grid), ratio and channels. Differentiable with respect to ``features``.
+    Never materialises the M masked maps. ``normalize`` (the modes and their
+    meaning: :data:`~mixshare_ops.conventions.NORMALIZE_MEANINGS`): ``"mean"``
+    divides by ``h * w``; ``"masked"`` by the sum of the applied mask over
+    (h, w) (by ``h * w`` where that sum is 0). The default here is
+    ``"masked"`` (:data:`~mixshare_ops.conventions.DEFAULT_NORMALIZE`), while
+    mixshare's training config (``unmix_normalize``) defaults to ``"mean"``; a
+    ``plan`` carries its method's setting, with the boxes, weights,
+    ``box_size`` (its grid), ratio and channels. Differentiable with respect
+    to ``features``.
     """
-    boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize = _unmix_plan(
-        plan, "cutmix_unmix_pool", features, boxes, inside_weight, outside_weight, box_size, ratio, channels, normalize)
-    box_size, channels = _unmix_args(features, box_size, channels)
-    args = (features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
-    backend = _unmix_backend(backend, _validate_unmix_pool, args + (normalize,), strs=(normalize,))
-    if backend == "reference":
-        _check_reference_values(checks.check_box_values, boxes, *box_size)
-        return reference.cutmix_unmix_pool(
-            features, boxes, inside_weight, outside_weight,
-            box_size=box_size, ratio=ratio, channels=channels, normalize=normalize,
-        )
-    return op(backend, "cutmix_unmix_pool")(
-        features, boxes, inside_weight, outside_weight, box_size[0], box_size[1], float(ratio), channels, normalize
-    )
+    return _unmix_op("cutmix_unmix_pool", features, boxes, inside_weight, outside_weight, box_size, ratio, channels,
+                     normalize, plan, backend)

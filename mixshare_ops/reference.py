@@ -10,8 +10,11 @@ Conventions shared by all ops:
   in pixels of the mixing grid ``H x W``. An empty box is legal.
 * ``inside_weight`` / ``outside_weight`` are ``[B, M]``: subnetwork ``i``'s
   weight inside / outside box ``b``.
-* Arithmetic runs in the "opmath" dtype (float64 for float64 inputs, float32
-  otherwise) and is rounded once to the output dtype.
+* Arithmetic runs in the "opmath" dtype (:func:`~mixshare_ops.conventions.opmath_dtype`:
+  float64 for float64 inputs, float32 otherwise) and is rounded once to the
+  output dtype.
+* Unmixing weights left out are the default M = 2 weights
+  (:func:`~mixshare_ops.conventions.default_weights`).
 
 Argument checking lives in :mod:`mixshare_ops.checks`; these functions assume
 valid arguments.
@@ -24,6 +27,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from mixshare_ops.conventions import DEFAULT_NORMALIZE, default_weights, opmath_dtype
+
 __all__ = [
     "opmath_dtype",
     "sqrt_rn",
@@ -34,11 +39,6 @@ __all__ = [
     "cutmix_unmix",
     "cutmix_unmix_pool",
 ]
-
-
-def opmath_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype arithmetic runs in: float64 for float64, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _exceeds_midpoint_square(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ def cutmix_boxes(lam: torch.Tensor, center: torch.Tensor, height: int, width: in
     ``lam`` and ``center`` (float64 if either is float64, else float32); the
     box is ``[clip(c - cut // 2), clip(c + cut // 2))``.
     """
-    compute = torch.promote_types(opmath_dtype(lam.dtype), opmath_dtype(center.dtype))
+    compute = opmath_dtype(lam.dtype, center.dtype)
     lam64 = lam.to(torch.float64).nan_to_num(nan=0.0).clamp(0.0, 1.0)
     center_c = center.to(compute)
     cut_frac = sqrt_rn(lam64)
@@ -131,13 +131,6 @@ def cutmix_mask(boxes: torch.Tensor, height: int, width: int, dtype: torch.dtype
     in_cols = (cols[None, :] >= b[:, 1:2]) & (cols[None, :] < b[:, 3:4])  # [B, W]
     inside = in_rows[:, :, None] & in_cols[:, None, :]
     return inside[:, None].to(dtype)
-
-
-def _default_weights(batch: int, device: torch.device, dtype: torch.dtype):
-    """M = 2: the box belongs to subnetwork 0, its complement to subnetwork 1."""
-    inside = torch.tensor([1.0, 0.0], dtype=dtype, device=device).expand(batch, 2)
-    outside = torch.tensor([0.0, 1.0], dtype=dtype, device=device).expand(batch, 2)
-    return inside, outside
 
 
 def _weight_maps(boxes, inside_weight, outside_weight, height, width, dtype):
@@ -169,14 +162,20 @@ def unmix_masks(boxes, inside_weight, outside_weight, box_size, feature_size, ra
     to ``feature_size`` exactly as ``adaptive_avg_pool2d`` does.
     """
     if inside_weight is None:
-        inside_weight, outside_weight = _default_weights(boxes.shape[0], boxes.device, dtype)
+        inside_weight, outside_weight = default_weights(boxes.shape[0], boxes.device, dtype)
     weights = _weight_maps(boxes, inside_weight, outside_weight, box_size[0], box_size[1], dtype)
     masks = F.adaptive_avg_pool2d(weights, feature_size)
     return masks + ratio * (1 - masks)
 
 
-def _resolve_box_size(features, box_size):
-    return tuple(features.shape[-2:]) if box_size is None else tuple(box_size)
+def _unmix_inputs(features, boxes, inside_weight, outside_weight, box_size, ratio, channels):
+    """(features in opmath [B, C, h, w], applied masks [M, B, h, w] in opmath, channels as an int);
+    ``box_size`` defaults to the feature size, ``channels`` to all."""
+    compute = opmath_dtype(features.dtype)
+    num_channels, h, w = features.shape[1:]
+    box_size = (h, w) if box_size is None else tuple(box_size)
+    masks = unmix_masks(boxes, inside_weight, outside_weight, box_size, (h, w), ratio, compute)
+    return features.to(compute), masks, num_channels if channels is None else channels
 
 
 def cutmix_unmix(
@@ -194,13 +193,7 @@ def cutmix_unmix(
     The first ``channels`` channels are multiplied by subnetwork i's applied
     mask; the other channels pass through unchanged.
     """
-    compute = opmath_dtype(features.dtype)
-    num_channels, h, w = features.shape[1:]
-    channels = num_channels if channels is None else channels
-    masks = unmix_masks(
-        boxes, inside_weight, outside_weight, _resolve_box_size(features, box_size), (h, w), ratio, compute
-    )  # [M, B, h, w]
-    feats = features.to(compute)
+    feats, masks, channels = _unmix_inputs(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
     unmixed = feats[None, :, :channels] * masks[:, :, None]
     passthrough = feats[None, :, channels:].expand(masks.shape[0], -1, -1, -1, -1)
     return torch.cat([unmixed, passthrough], dim=2).to(features.dtype)
@@ -215,26 +208,22 @@ def cutmix_unmix_pool(
     box_size=None,
     ratio: float = 0.0,
     channels=None,
-    normalize: str = "masked",
+    normalize: str = DEFAULT_NORMALIZE,
 ):
     """Unmixing fused with global average pooling. [B, C, h, w] -> [M, B, C].
 
-    ``normalize="mean"`` divides by ``h * w``; ``"masked"`` divides by the sum
-    over (h, w) of the applied mask (by ``h * w`` where that sum is 0).
+    ``normalize`` (:data:`~mixshare_ops.conventions.NORMALIZE_MEANINGS`): ``"mean"``
+    divides by ``h * w``; ``"masked"`` by the sum over (h, w) of the applied
+    mask (by ``h * w`` where that sum is 0).
     """
-    compute = opmath_dtype(features.dtype)
-    num_channels, h, w = features.shape[1:]
-    channels = num_channels if channels is None else channels
-    masks = unmix_masks(
-        boxes, inside_weight, outside_weight, _resolve_box_size(features, box_size), (h, w), ratio, compute
-    )
-    feats = features.to(compute)
+    feats, masks, channels = _unmix_inputs(features, boxes, inside_weight, outside_weight, box_size, ratio, channels)
+    h, w = features.shape[2:]
     masked_sum = torch.einsum("bchw,mbhw->mbc", feats[:, :channels], masks)  # [M, B, channels]
     if normalize == "masked":
         denom = masks.sum(dim=(2, 3))  # [M, B]
         denom = torch.where(denom == 0, torch.full_like(denom, h * w), denom)
     else:
-        denom = torch.full(masks.shape[:2], float(h * w), dtype=compute, device=features.device)
+        denom = torch.full(masks.shape[:2], float(h * w), dtype=feats.dtype, device=features.device)
     pooled = masked_sum / denom[:, :, None]
     plain = feats[:, channels:].mean(dim=(2, 3))[None].expand(masks.shape[0], -1, -1)
     return torch.cat([pooled, plain], dim=2).to(features.dtype)

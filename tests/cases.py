@@ -1,7 +1,9 @@
-"""Sample inputs shared by every operator test, and per-dtype tolerances.
+"""Sample inputs shared by every operator test.
 
 One list of cases per op; every test (correctness per backend, gradcheck,
-opcheck, torch.compile, saved-tensor bound) draws from these lists.
+opcheck, torch.compile, saved-tensor bound) draws from these lists. The
+per-dtype tolerances, boxes and layouts come from :mod:`mixshare_ops.testing`
+(re-exported here), which the benchmarks' checks use too.
 """
 
 from __future__ import annotations
@@ -14,21 +16,8 @@ import torch
 
 import mixshare_ops
 from mixshare_ops import backends
-
-# (atol, rtol) for comparing a backend with the reference. Kernels compute in
-# float32 (float64 for float64) and round once, as the reference does, so the
-# difference is a few units in the last place of the output dtype.
-TOLERANCES = {
-    torch.float64: (1e-10, 1e-10),
-    torch.float32: (1e-5, 1e-5),
-    torch.float16: (2e-3, 2e-3),
-    torch.bfloat16: (1.6e-2, 1.6e-2),
-}
-
-
-def assert_close(actual, expected, dtype=None):
-    atol, rtol = TOLERANCES[dtype or expected.dtype]
-    torch.testing.assert_close(actual, expected, atol=atol, rtol=rtol)
+from mixshare_ops.conventions import DEFAULT_NORMALIZE
+from mixshare_ops.testing import TOLERANCES, assert_close, make_boxes, to_layout  # noqa: F401 (the tests' names)
 
 
 def devices():
@@ -53,32 +42,6 @@ def dtypes_for(backend: str, device: str):
     if backend == "triton" and device == "cpu" and backends.triton_interpreted():
         out.remove(torch.bfloat16)
     return out
-
-
-def make_boxes(batch: int, height: int, width: int, kind: str, generator: torch.Generator) -> torch.Tensor:
-    """Boxes of a given kind: random, empty, full, or a mix of all three."""
-    if kind == "empty":
-        return torch.zeros((batch, 4), dtype=torch.int32)
-    if kind == "full":
-        return torch.tensor([[0, 0, height, width]] * batch, dtype=torch.int32).reshape(batch, 4)
-    top = torch.randint(0, height + 1, (batch,), generator=generator)
-    left = torch.randint(0, width + 1, (batch,), generator=generator)
-    bottom = top + (torch.rand(batch, generator=generator) * (height - top + 1)).long().clamp(max=height - top)
-    right = left + (torch.rand(batch, generator=generator) * (width - left + 1)).long().clamp(max=width - left)
-    boxes = torch.stack([top, left, bottom, right], 1).to(torch.int32)
-    if kind == "mixed" and batch >= 3:
-        boxes[0] = torch.tensor([0, 0, height, width])
-        boxes[1] = torch.tensor([2 % height, 1 % width, 2 % height, 1 % width])  # empty, not at the origin
-    return boxes
-
-
-def to_layout(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    """[..., C, H, W] tensor in channels_last memory per [C, H, W] slice."""
-    if not channels_last:
-        return t
-    perm = list(range(t.dim() - 3)) + [t.dim() - 2, t.dim() - 1, t.dim() - 3]
-    inv = list(range(t.dim() - 3)) + [t.dim() - 1, t.dim() - 3, t.dim() - 2]
-    return t.permute(perm).contiguous().permute(inv)
 
 
 @dataclasses.dataclass
@@ -139,7 +102,7 @@ class UnmixCase:
     ratio: float = 0.0
     unmixed_channels: Optional[int] = None
     channels_last: bool = False
-    normalize: str = "masked"
+    normalize: str = DEFAULT_NORMALIZE
 
     def make(self, dtype=torch.float32, device="cpu", seed=0):
         g = torch.Generator().manual_seed(seed)

@@ -53,7 +53,7 @@ def test_one_meta_argument_is_a_device_mismatch(op_backend, name, index):
     args = list(_raw_args()[name])
     args[index] = args[index].to("meta")
     op = backends.op(op_backend, name)
-    with pytest.raises(RuntimeError, match="must be on the device of"):
+    with pytest.raises(ValueError, match="must be on the same device as"):
         op(*args)
 
 

@@ -1,71 +1,12 @@
-"""Shared parts of the Triton ops: constants, tile heuristics and autotuning,
-device helpers, launch helpers.
+"""Shared parts of the Triton ops: the launch limits and autotuning switches (``INT32_LIMIT``,
+``GRID_LIMIT``, ``AUTOTUNE``, ``AUTOTUNE_KEY``), the tile heuristics and autotuning
+(:func:`elementwise_meta`, :func:`pool_meta`, :func:`masks_meta`, :func:`autotuner`), the jit
+device helpers (``_tile_program``, ``_load_box``, ``_unmix_masks``, ``_stacked_tiles``) and the
+launch helpers (grid bounds and checks, ``_run``, ``_launch_elementwise``).
 
-Kernels assume valid arguments (the ops check them with
-:mod:`mixshare_ops.checks`). The index and box math is that of
-``csrc/box_math.h``, so results match the C++ kernels up to the order of
-floating-point additions (and fused multiply-adds on GPUs).
-
-Design
-------
-A feature kernel views one sample as a ``[C, H * W]`` slice, dense channels
-first (``c * HW + p``) or channels last (``p * C + c``). A program owns one
-sample ``b`` (box, weights and per-pixel masks computed once per program) and
-works on 2-D tiles of ``CB`` channels by ``PB`` pixels, ``[CB, PB]`` channels
-first and ``[PB, CB]`` channels last, so the contiguous axis of the layout is
-the fast axis of the tile.
-
-* Element-wise kernels loop over ``CHUNKS`` channel tiles of one pixel block,
-  amortising the per-pixel work over ``CHUNKS * CB`` channels. The ``M``
-  subnetworks are a leading axis padded to ``MB`` (next power of two) of 3-D
-  ``[MB, ...tile]`` tensors: one masked load or store covers all of them.
-* The pooling ops first write the applied masks ``[B, M, HW]`` and the
-  reciprocal pooling denominators ``[B, M]`` (one program per sample); the
-  pooling forward then reduces ``[CB, HW]`` per program (``b``, channel block)
-  reading those masks instead of recomputing the window math per channel block.
-
-Numerics: arithmetic runs in ``OPMATH`` (float32, or float64 for float64
-data), rounded once to the output dtype, except the CutMix cut size (float64
-for every dtype, the official code's numpy rule). Divisions are correctly
-rounded (``div_rn`` in float32). Float scalars (``scale``, ``ratio``) are
-float32 kernel arguments (rounded once, as the C++ kernels do in float32
-opmath), or 1-element float64 tensors for float64 opmath.
-
-Index widths and limits:
-
-* Offsets across samples and subnetworks (``b * C * HW``, ``b * stride_b +
-  i * stride_m``, mask rows ``(b * M + i) * HW``, pooled rows ``(i * B + b) *
-  C``, box and weight rows) are int64.
-* Values inside one sample (offsets ``c * HW + p``, ``p * C + c``, ``y * W +
-  x``; lane indices, which run up to a tile past ``C`` and ``HW``; the
-  adaptive-pool window math ``(y + 1) * box_h`` and cell counts) are int32,
-  or int64 when a bound on them reaches ``INT32_LIMIT``: the launchers then
-  set the constexpr ``INT64`` (``C`` and ``HW`` are widened before any
-  arithmetic, checked at compile time by ``tl.static_assert``).
-  ``cutmix_boxes_kernel`` is O(B) and always int64.
-* Grids are one-dimensional, at most ``GRID_LIMIT`` programs; a larger launch
-  is refused with a ``ValueError`` before anything is allocated.
-
-``INT32_LIMIT``, ``GRID_LIMIT`` and ``AUTOTUNE`` are read at each launch.
-Loops have compile-time trip counts (``CHUNKS``, ``NUM_PB``; the Triton 3.6
-interpreter cannot run runtime bounds with numpy >= 2.4), so the pooling
-kernels compile once per feature size.
-
-Tuning
-------
-Tile sizes come from :func:`elementwise_meta` and :func:`pool_meta`. On GPUs
-(``AUTOTUNE``) the element-wise and pooling kernels are autotuned over the
-``(TILE, num_warps)`` candidates of ``ELEMENTWISE_TUNING`` / ``POOL_TUNING``,
-which the prune hook turns into concrete tiles with the same heuristics;
-``AUTOTUNE = False`` (the interpreter, or ``MIXSHARE_OPS_TRITON_AUTOTUNE=0``)
-launches the first candidate without benchmarking. The
-key (``AUTOTUNE_KEY``, plus the dtypes) leaves out ``B``: a new batch size
-reuses the tiles tuned for its feature size (valid for any ``B``), and ``B``
-is not specialised on (``UNSPECIALIZED``), so it does not compile a new
-variant either. Tuning a new key synchronises the device: the first call of a
-feature size must not be inside CUDA graph capture. Under the interpreter
-(``TRITON_INTERPRET=1``) autotuning is off; :func:`autotuner` builds the tuned
-kernel on demand.
+Kernels assume valid arguments (the ops check them with :mod:`mixshare_ops.checks`); their index
+and box math is that of ``csrc/box_math.h``. How the kernels tile, round, index and tune: the
+README, "The Triton kernels".
 """
 
 import contextlib
@@ -77,6 +18,7 @@ import triton.language as tl
 from triton.runtime.autotuner import Autotuner
 
 from mixshare_ops._layout import CHANNELS_LAST
+from mixshare_ops.conventions import DEFAULT_SUBNETS
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # MIXSHARE_OPS_TRITON_AUTOTUNE=0 (read at import) launches the heuristic tiles
@@ -279,7 +221,8 @@ def _unmix_masks(boxes_ptr, win_ptr, wout_ptr, ratio_ptr, ratio, b, p, h, w, box
                  M: tl.constexpr, MB: tl.constexpr, DEFAULT_W: tl.constexpr, OPMATH: tl.constexpr):
     """[MB, PB] applied masks m_i + ratio * (1 - m_i) of feature cells p of
     sample b (UnmixParams::mask of box_math.h); DEFAULT_W: the default M = 2
-    weights, inside (1, 0), outside (0, 1)."""
+    weights of mixshare_ops.conventions, inside (1, 0), outside (0, 1), formed here (compared with
+    the definition by tests/test_ops_conventions.py)."""
     top, left, bottom, right = _load_box(boxes_ptr, b, box_h, box_w)
     i = tl.arange(0, MB)
     if DEFAULT_W:
@@ -377,12 +320,9 @@ def _stacked_tiles(flat_ptr, stacked_ptr, coef, b, c0, p, stacked_offset, stride
 _TILE_PAD = 2**16
 
 
-def _opmath(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _tl_dtype(dtype: torch.dtype):
-    return tl.float64 if dtype == torch.float64 else tl.float32
+def _tl_dtype(opmath: torch.dtype):
+    """The Triton dtype of an opmath dtype (:func:`mixshare_ops.conventions.opmath_dtype`)."""
+    return tl.float64 if opmath == torch.float64 else tl.float32
 
 
 def _on_device(t: torch.Tensor):
@@ -402,9 +342,10 @@ def _scalar_arg(value: float, opmath: torch.dtype, device: torch.device):
 
 
 def _unmix_weights(inside_weight, outside_weight, opmath):
-    """(M, inside [B, M], outside [B, M], default): None weights are the default M = 2."""
+    """(M, inside [B, M], outside [B, M], default): None weights are the default M = 2 weights,
+    which the kernels form themselves (``DEFAULT_W``)."""
     if inside_weight is None:
-        return 2, None, None, True
+        return DEFAULT_SUBNETS, None, None, True
     w_in = inside_weight.to(opmath).contiguous()
     w_out = outside_weight.to(opmath).contiguous()
     return w_in.shape[1], w_in, w_out, False

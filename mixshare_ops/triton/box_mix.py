@@ -6,6 +6,7 @@ import triton.language as tl
 
 from mixshare_ops import checks
 from mixshare_ops._layout import empty_features, empty_stacked, feature_layout, stacked_layout
+from mixshare_ops.conventions import opmath_dtype
 from mixshare_ops.triton._common import (
     ELEMENTWISE_TUNING,
     UNSPECIALIZED,
@@ -14,7 +15,6 @@ from mixshare_ops.triton._common import (
     _launch_elementwise,
     _load_box,
     _on_device,
-    _opmath,
     _scalar_arg,
     _stacked_tiles,
     _tile_program,
@@ -82,7 +82,7 @@ def box_mix(x, boxes, inside_weight, outside_weight, scale):
     out = empty_features(batch, channels, height, width, layout, dtype=x.dtype, device=x.device)
     if out.numel() == 0:
         return out
-    opmath = _opmath(x.dtype)
+    opmath = opmath_dtype(x.dtype)
     w_in = inside_weight.to(opmath).contiguous()
     w_out = outside_weight.to(opmath).contiguous()
     scale_v, scale_t = _scalar_arg(scale, opmath, x.device)
@@ -108,7 +108,7 @@ def box_mix_backward(grad_out, boxes, inside_weight, outside_weight, scale):
                            device=grad_out.device)
     if grad_x.numel() == 0:
         return grad_x
-    opmath = _opmath(grad_out.dtype)
+    opmath = opmath_dtype(grad_out.dtype)
     w_in = inside_weight.to(opmath).contiguous()
     w_out = outside_weight.to(opmath).contiguous()
     scale_v, scale_t = _scalar_arg(scale, opmath, grad_out.device)

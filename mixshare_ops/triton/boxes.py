@@ -6,6 +6,7 @@ import triton
 import triton.language as tl
 
 from mixshare_ops import checks
+from mixshare_ops.conventions import opmath_dtype
 from mixshare_ops.triton._common import (
     UNSPECIALIZED,
     _check_grid,
@@ -102,7 +103,7 @@ def cutmix_mask_kernel(boxes_ptr, out_ptr, height, width, BH: tl.constexpr, BW: 
 def cutmix_boxes(lam, center, height, width):
     """lam [B], center [B, 2] -> (boxes int32 [B, 4], area [B] in lam.dtype)."""
     height, width = int(height), int(width)
-    compute = torch.float64 if torch.float64 in (lam.dtype, center.dtype) else torch.float32
+    compute = opmath_dtype(lam.dtype, center.dtype)
     batch = lam.shape[0]
     _check_grid(cdiv(batch, _BOXES_BLOCK), "cutmix_boxes", f"lam with B = {batch}")
     boxes = torch.empty((batch, 4), dtype=torch.int32, device=lam.device)

@@ -9,6 +9,7 @@ import triton.language as tl
 
 from mixshare_ops import checks
 from mixshare_ops._layout import empty_features, empty_stacked, feature_layout, stacked_layout
+from mixshare_ops.conventions import num_subnets, opmath_dtype
 from mixshare_ops.triton._common import (
     ELEMENTWISE_TUNING,
     UNSPECIALIZED,
@@ -16,7 +17,6 @@ from mixshare_ops.triton._common import (
     _elementwise_grid_bound,
     _launch_elementwise,
     _on_device,
-    _opmath,
     _scalar_arg,
     _stacked_tiles,
     _tile_program,
@@ -65,11 +65,11 @@ def cutmix_unmix_backward_kernel(g_ptr, boxes_ptr, win_ptr, wout_ptr, ratio_ptr,
 def cutmix_unmix(features, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels):
     """features [B, C, h, w] -> unmixed [M, B, C, h, w] in features' slice layout."""
     batch, num_channels, h, w = features.shape
-    subnets = 2 if inside_weight is None else inside_weight.shape[1]
+    subnets = num_subnets(inside_weight)
     _check_grid(_elementwise_grid_bound(batch, num_channels, h * w, subnets), "cutmix_unmix",
                 _what("features", batch, num_channels, h, w))
     features, layout = feature_layout(features)
-    opmath = _opmath(features.dtype)
+    opmath = opmath_dtype(features.dtype)
     subnets, w_in, w_out, default = _unmix_weights(inside_weight, outside_weight, opmath)
     out = empty_stacked(subnets, batch, num_channels, h, w, layout, dtype=features.dtype, device=features.device)
     if out.numel() == 0:
@@ -96,7 +96,7 @@ def cutmix_unmix_backward(grad_out, boxes, inside_weight, outside_weight, box_he
     grad_f = empty_features(batch, num_channels, h, w, layout, dtype=grad_out.dtype, device=grad_out.device)
     if grad_f.numel() == 0:
         return grad_f
-    opmath = _opmath(grad_out.dtype)
+    opmath = opmath_dtype(grad_out.dtype)
     _, w_in, w_out, default = _unmix_weights(inside_weight, outside_weight, opmath)
     ratio_v, ratio_t = _scalar_arg(ratio, opmath, grad_out.device)
     hw = h * w

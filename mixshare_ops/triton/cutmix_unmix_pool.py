@@ -9,6 +9,7 @@ import triton.language as tl
 
 from mixshare_ops import checks
 from mixshare_ops._layout import CHANNELS_FIRST, CHANNELS_LAST, empty_features, feature_layout
+from mixshare_ops.conventions import num_subnets, opmath_dtype
 from mixshare_ops.triton._common import (
     ELEMENTWISE_TUNING,
     POOL_TUNING,
@@ -19,7 +20,6 @@ from mixshare_ops.triton._common import (
     _int64,
     _launch_elementwise,
     _on_device,
-    _opmath,
     _pool_grid_bound,
     _run,
     _scalar_arg,
@@ -196,11 +196,11 @@ def cutmix_unmix_pool(features, boxes, inside_weight, outside_weight, box_height
                       normalize):
     """features [B, C, h, w] -> pooled [M, B, C] (contiguous)."""
     batch, num_channels, h, w = features.shape
-    subnets = 2 if inside_weight is None else inside_weight.shape[1]
+    subnets = num_subnets(inside_weight)
     _check_grid(_pool_grid_bound(batch, num_channels, h * w, subnets), "cutmix_unmix_pool",
                 _what("features", batch, num_channels, h, w))
     features, layout = feature_layout(features)
-    opmath = _opmath(features.dtype)
+    opmath = opmath_dtype(features.dtype)
     subnets, w_in, w_out, default = _unmix_weights(inside_weight, outside_weight, opmath)
     out = torch.empty((subnets, batch, num_channels), dtype=features.dtype, device=features.device)
     if out.numel() == 0:
@@ -234,7 +234,7 @@ def cutmix_unmix_pool_backward(grad_out, boxes, inside_weight, outside_weight, b
     grad_f = empty_features(batch, num_channels, h, w, layout, dtype=grad_out.dtype, device=grad_out.device)
     if grad_f.numel() == 0:
         return grad_f
-    opmath = _opmath(grad_out.dtype)
+    opmath = opmath_dtype(grad_out.dtype)
     _, w_in, w_out, default = _unmix_weights(inside_weight, outside_weight, opmath)
     grad_out = grad_out.contiguous()
     hw = h * w
@@ -261,8 +261,8 @@ def triton_cutmix_unmix_pool(
     channels: int,
     normalize: str,
 ) -> Tensor:
-    checks.validate_unmix(features, boxes, inside_weight, outside_weight, (box_height, box_width), ratio, channels)
-    checks.check_normalize(normalize)
+    checks.validate_unmix_pool(features, boxes, inside_weight, outside_weight, (box_height, box_width), ratio, channels,
+                               normalize)
     checks.check_box_values(boxes, box_height, box_width)
     return cutmix_unmix_pool(features, boxes, inside_weight, outside_weight, box_height, box_width, ratio, channels,
                              normalize)
