@@ -21,6 +21,7 @@ import torch.nn as nn
 
 from mixshare import cost
 from mixshare.models import build_model
+from mixshare.runtime import bf16_autocast, gpu_only
 
 
 class Autocast(nn.Module):
@@ -32,7 +33,7 @@ class Autocast(nn.Module):
         self.num_subnets = model.num_subnets
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
+        with bf16_autocast(True, images.device):
             return self.model.predict(images)
 
 
@@ -42,7 +43,7 @@ def measure(model_name: str, subnets: list, batch: int, device: torch.device, pr
     deep_ensemble}}`` from :func:`mixshare.cost.compare_costs` on ``batch`` random images."""
     torch.manual_seed(0)
     images = torch.randn(batch, 3, size, size, device=device)
-    layout = torch.channels_last if precision == "bf16" else torch.contiguous_format
+    layout = torch.channels_last if gpu_only(precision == "bf16", device) else torch.contiguous_format
     images = images.contiguous(memory_format=layout)
 
     def built(m: int) -> nn.Module:
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
     if any(m < 2 for m in args.subnets):
         parser.error(f"--subnets must each be >= 2, got {args.subnets}")
     device = torch.device(args.device)
-    precisions = ["float32", "bf16"] if device.type == "cuda" else ["float32"]
+    precisions = ["float32", "bf16"] if gpu_only(True, device) else ["float32"]
     os.makedirs(args.out, exist_ok=True)
     started, records = time.perf_counter(), []
     for precision in precisions:
