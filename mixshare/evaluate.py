@@ -12,6 +12,7 @@ import torch
 from mixshare import analysis, metrics, plots
 from mixshare.config import Config
 from mixshare.runtime import bf16_autocast
+from mixshare.seeds import stream_seed
 
 #: metrics.json's format: 2 holds every rate in percent (ECE too; format 1, unmarked, had ECE as a fraction).
 METRICS_FORMAT = 2
@@ -205,8 +206,6 @@ def write_plots(model, dataset, history: list, out_dir: str, num_images: int = 2
 
 #: The images of the OOD stand-in: the two photographs scikit-learn ships (``load_sample_images``).
 OOD_PHOTOGRAPHS = "scikit-learn sample photographs"
-#: Offset of the generator that picks the OOD patches (and subsets) from the run's seed.
-OOD_SEED_OFFSET = 11
 #: Test images per corrupted set by default: a seeded subset on the embedded datasets (CPU-sized:
 #: 75 sets of the 450 digits would take ~30 s of a WRN-10-1 on 2 cores), every image otherwise.
 SHIFT_IMAGES = {"digits": 150, "synthetic": 150}
@@ -281,7 +280,7 @@ def ood_set(dataset, config: Config, pixels: Optional[torch.Tensor] = None) -> t
     ``test_32x32.mat`` there (:func:`mixshare.shift.read_svhn_mat`); CIFAR-10: CIFAR-100's test
     images, else SVHN. Otherwise (and for the digits and the synthetic data) patches of the
     scikit-learn photographs (:func:`photograph_patches`, grey when the dataset is grey). Subsets and
-    patches are drawn from ``config.seed + OOD_SEED_OFFSET``."""
+    patches are drawn from ``stream_seed(config.seed, "ood")`` (:mod:`mixshare.seeds`)."""
     from pathlib import Path
 
     from mixshare import data as mdata, shift
@@ -289,14 +288,13 @@ def ood_set(dataset, config: Config, pixels: Optional[torch.Tensor] = None) -> t
     if pixels is None:
         pixels = pixel_space(dataset)[0]
     n, (c, h, w) = pixels.shape[0], pixels.shape[1:]
-    seed = int(config.seed) + OOD_SEED_OFFSET
+    seed = stream_seed(int(config.seed), "ood")
     name, images = None, None
     if dataset.name in ("cifar10", "cifar100") and config.data_dir:
         other = "cifar10" if dataset.name == "cifar100" else "cifar100"
         svhn = Path(config.data_dir) / "test_32x32.mat"
         try:
-            spec = mdata._CIFAR[other]
-            raw, _ = mdata._read_cifar_split(mdata._cifar_folder(config.data_dir, spec), spec["test"], spec)
+            raw, _ = mdata.read_cifar_test(config.data_dir, other)
             name, images = f"{other} test", raw
         except (mdata.DatasetError, OSError):
             if svhn.is_file():
@@ -377,7 +375,7 @@ def shift_report(model, dataset, config: Config, *, severities=None, corruptions
       "0": the same test images uncorrupted; the others: means over the corruptions);
       ``shift_by_corruption`` likewise per corruption (mean over severities);
     * ``shift_corruptions``, ``shift_severities``, ``shift_images`` (test images per set: a subset of
-      ``max_images`` drawn from ``seed + OOD_SEED_OFFSET``; -1: :data:`SHIFT_IMAGES` of the dataset,
+      ``max_images`` drawn from ``stream_seed(seed, "ood")``; -1: :data:`SHIFT_IMAGES` of the dataset,
       all for CIFAR; None or 0: all), ``shift_seed``;
     * ``ood_dataset`` (:func:`ood_set`), ``ood_images``, and ``ood_auroc``, ``ood_aupr_in``,
       ``ood_aupr_out``, ``ood_fpr95`` (%) for the maximum-softmax score, ``ood_scores``: the four for
@@ -401,7 +399,7 @@ def shift_report(model, dataset, config: Config, *, severities=None, corruptions
         logits = collect_logits(model, dataset.test_images, config.eval_batch_size, config.bf16)
     if max_images == -1:
         max_images = SHIFT_IMAGES.get(dataset.name)
-    keep = _subset(pixels.shape[0], int(max_images), seed + OOD_SEED_OFFSET) if max_images else None
+    keep = _subset(pixels.shape[0], int(max_images), stream_seed(seed, "ood")) if max_images else None
     shifted_pixels, shifted_labels, clean_logits = pixels, labels, logits
     if keep is not None:
         keep = keep.to(pixels.device)

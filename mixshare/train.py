@@ -44,6 +44,7 @@ from mixshare.methods import MixPlan
 from mixshare.models import model_from_config
 from mixshare.optim import make_optimizer, make_scheduler
 from mixshare.runtime import bf16_autocast, gpu_only, launch_rank, resolve_device, setup_distributed
+from mixshare.seeds import stream_seed
 
 
 class TrainingDiverged(RuntimeError):
@@ -221,7 +222,7 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps, dataset.num_train)
     # The plans' draws: per sample on the loader's sample generator, per batch on the host.
-    host_rng = random.Random(config.seed + 3 + 1000 * ddp.rank)
+    host_rng = random.Random(stream_seed(config.seed, "plans", ddp.rank))
     image_size = tuple(dataset.train_images.shape[-2:])
     grid = model.mixing_grid(image_size)
     history: list[dict] = []

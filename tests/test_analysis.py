@@ -228,9 +228,12 @@ def test_feature_sharing_report_is_json():
     model = StandIn(num_subnets=2, features=4)
     enc0 = [4.0, 2.0, 1.0, 0.0] + [0.0] * 12
     set_encoder_profiles(model, [enc0, enc0])
+    set_head_profiles(model, [[1.0, 2.0, 0.0, 3.0], [2.0, 2.0, 1.0, 0.0]])
     report = analysis.feature_sharing_report(model)
     assert set(report) >= {"encoder_share_rate", "classifier_share_rate", "encoder_profiles", "classifier_profiles"}
     assert report["encoder_share_rate"] == pytest.approx(100.0)
+    # sum of the minima (1 + 2 + 0 + 0) over sum of the maxima (2 + 2 + 1 + 3)
+    assert report["classifier_share_rate"] == pytest.approx(100.0 * 3 / 8)
     for key, value in analysis.share_rates(model).items():
         assert report[key] == value
     assert len(report["encoder_profiles"]) == 2 and len(report["encoder_profiles"][0]) == 16
@@ -333,7 +336,9 @@ def test_project_model_if_present():
     assert [tuple(v.shape) for v in variances] == [(2, 16), (2, 32), (2, 64)]
     report = analysis.feature_sharing_report(model)
     assert report["encoder_share_rate"] == pytest.approx(100.0)
-    assert 0.0 <= report["classifier_share_rate"] <= 100.0
+    heads = torch.stack([head.weight.detach().double().abs().sum(0) for head in model.heads])  # [M, C_final]
+    expected = 100.0 * float(heads.amin(0).sum() / heads.amax(0).sum())
+    assert 0.0 < expected < 100.0 and report["classifier_share_rate"] == pytest.approx(expected)
 
 
 # --------------------------------------------------------------------------- plots

@@ -7,10 +7,11 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mixshare import cli, data, plots, train
 from mixshare import config as cfg
-from tests.test_train import tiny_config
+from tests.test_train import member_logits, saved_run, tiny_config
 
 
 def _dataset(n=60, classes=4, seed=0):
@@ -72,8 +73,25 @@ def test_run_with_calibration_split_reports_temperature_scaled_metrics(tmp_path)
     report = train.train(config, str(tmp_path))
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["calibration_split"] == 0.25 and saved["calibration_images"] == 12
-    assert saved["temperature"] > 0 and saved["nll_ts"] > 0 and 0 <= saved["ece_ts"] <= 100
     assert report["nll_ts"] == saved["nll_ts"]
+    # recomputed from the saved weights: the temperature minimises the NLL of the mean logits over T on the
+    # withheld images, and nll_ts / brier_ts are the test set's at that temperature
+    dataset, model = saved_run(config, tmp_path)
+    held = member_logits(model, dataset.calibration_images).mean(0)
+    cross = lambda logits, labels, t: F.cross_entropy(logits / t, labels).item()  # noqa: E731
+    t = saved["temperature"]
+    assert cross(held, dataset.calibration_labels, t) <= min(
+        cross(held, dataset.calibration_labels, t * 1.05), cross(held, dataset.calibration_labels, t / 1.05)) + 1e-9
+    test = member_logits(model, dataset.test_images).mean(0)
+    assert saved["nll_ts"] == pytest.approx(cross(test, dataset.test_labels, t), rel=1e-5)
+    probs = torch.softmax(test / t, -1)
+    brier = ((probs - F.one_hot(dataset.test_labels, probs.shape[1])) ** 2).sum(1).mean().item()
+    assert saved["brier_ts"] == pytest.approx(brier, rel=1e-5)
+    confidence, predicted = probs.max(1)  # 15 equal bins on (0, 1], right-closed
+    bins = (torch.ceil(confidence * 15).long() - 1).clamp(0, 14)
+    gaps = [abs((predicted == dataset.test_labels)[bins == b].double().sum() - confidence[bins == b].sum())
+            for b in range(15)]
+    assert saved["ece_ts"] == pytest.approx(100.0 * float(sum(gaps)) / len(probs), abs=1e-6)
     assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

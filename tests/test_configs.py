@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mixshare import config as cfg
-from mixshare import data, optim
+from mixshare import loader, optim
 
 CONFIGS = sorted((pathlib.Path(__file__).parents[1] / "configs").glob("*.yaml"))
 CIFAR_TRAIN = 50_000
@@ -91,7 +91,7 @@ def test_cnn_configs_follow_their_source(stem):
     config = _load(path)
     assert (config.epochs, config.batch_size, config.batch_repetition, config.l2) == (300, 64, b, 3e-4)
     assert config.lr_value() == pytest.approx(0.1 / b * 64 / 128)
-    steps = data.steps_per_epoch(CIFAR_TRAIN, config.batch_size, config.batch_repetition)
+    steps = loader.steps_per_epoch(CIFAR_TRAIN, config.batch_size, config.batch_repetition)
     assert steps == CIFAR_TRAIN // (64 // b)
     warmup = OFFICIAL_WARMUP_PER_B * b
     assert optim.warmup_steps(config, CIFAR_TRAIN) == warmup  # 1,564 at b = 2, 3,128 at b = 4

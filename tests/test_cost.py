@@ -2,6 +2,7 @@
 (positive finite medians, the repeats asked for); speed itself is never asserted."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -81,8 +82,23 @@ class Counting(nn.Module):
         return self.model.predict(images)
 
 
-def test_prediction_cost_times_the_repeats_asked_in_eval_mode_without_grad():
-    model = Counting(TinyMimo(2)).train()
+class Clocked(Counting):
+    """A Counting model whose predict call k takes ``seconds[k]`` on a fake clock (``clock.perf_counter``)."""
+
+    def __init__(self, model, seconds):
+        super().__init__(model)
+        self.seconds, self.now = list(seconds), 0.0
+        self.clock = types.SimpleNamespace(perf_counter=lambda: self.now)
+
+    def predict(self, images):
+        self.now += self.seconds[len(self.calls)]
+        return super().predict(images)
+
+
+def test_prediction_cost_times_the_repeats_asked_in_eval_mode_without_grad(monkeypatch):
+    # 2 warm-up calls (not timed), 4 timed calls, then the FLOP count's call
+    model = Clocked(TinyMimo(2), [9.0, 9.0, 0.010, 0.030, 0.020, 0.050, 9.0]).train()
+    monkeypatch.setattr(cost, "time", model.clock)
     images = torch.randn(5, C_IN, SIZE, SIZE)
     report = cost.prediction_cost(model, images, repeats=4, warmup=2)
     flop_calls = 1
@@ -90,8 +106,8 @@ def test_prediction_cost_times_the_repeats_asked_in_eval_mode_without_grad():
     assert all(call == (False, False) for call in model.calls)
     assert model.training
     assert report["repeats"] == 4 and report["warmup"] == 2 and report["batch_size"] == 5
-    assert math.isfinite(report["ms_per_example"]) and report["ms_per_example"] > 0
-    assert report["ms_per_batch"] == pytest.approx(5 * report["ms_per_example"])
+    # the median of the timed calls (25 ms) per batch, over its 5 images
+    assert report["ms_per_batch"] == pytest.approx(25.0) and report["ms_per_example"] == pytest.approx(5.0)
     assert report["parameters"] == hand_parameters(2)
     assert report["flops_per_example"] == hand_flops_per_example(2)
 

@@ -1,4 +1,4 @@
-"""mixshare.data: loaders (digits, CIFAR pickles, synthetic), safe unpickling, MIMO batches, augmentation."""
+"""mixshare.data: loaders (digits, CIFAR pickles, synthetic), safe unpickling, augmentation."""
 
 import io
 import os
@@ -231,6 +231,19 @@ def test_cifar100_loads(tmp_path, point_at_folder):
     _check_against(ds, [batches["train"]], [batches["test"]], b"fine_labels")
 
 
+def test_read_cifar_test_gives_the_stored_test_split(tmp_path):
+    """The OOD set of a CIFAR-10 run: CIFAR-100's test images as stored (uint8 [N, 3, 32, 32]), fine labels."""
+    _, batches = make_cifar100(tmp_path)
+    images, labels = data.read_cifar_test(tmp_path, "cifar100")
+    assert images.dtype == torch.uint8
+    assert np.array_equal(images.numpy(), batches["test"][b"data"].reshape(-1, 3, 32, 32))
+    assert labels.tolist() == batches["test"][b"fine_labels"]
+    with pytest.raises(ValueError, match="unknown CIFAR dataset 'cifar1'; expected one of cifar10, cifar100"):
+        data.read_cifar_test(tmp_path, "cifar1")
+    with pytest.raises(DatasetError, match="CIFAR-10 .python version. not found"):
+        data.read_cifar_test(tmp_path, "cifar10")
+
+
 @pytest.mark.parametrize("dump_kwargs", [dict(protocol=2), dict(protocol=4), dict(py2=True)])
 def test_cifar_pickle_flavours(tmp_path, dump_kwargs):
     """Protocol 2 (bytes via _codecs.encode), 4, and Python 2 cPickle style (the real files)."""
@@ -443,146 +456,11 @@ def test_dataset_to_moves_tensors():
         assert all(t.is_cuda for t in (gpu.train_images, gpu.train_labels, gpu.test_images, gpu.test_labels))
 
 
-# --------------------------------------------------------------------------- MIMO batches
+# --------------------------------------------------------------------------- augment
 
 
 def _gen(seed=0, device="cpu"):
     return torch.Generator(device).manual_seed(seed)
-
-
-def test_steps_per_epoch():
-    assert data.steps_per_epoch(100, 10) == 10
-    assert data.steps_per_epoch(105, 10) == 10
-    assert data.steps_per_epoch(7, 10) == 1
-    assert data.steps_per_epoch(1, 10) == 1
-    assert data.steps_per_epoch(0, 10) == 0
-    # batch_size counts rows, repetitions included: 32 images a step at 64 rows and b = 2.
-    assert data.steps_per_epoch(50_000, 64, 2) == 50_000 // 32 == 1562
-    assert data.steps_per_epoch(50_000, 64, 4) == 3125
-    assert data.steps_per_epoch(50_000, 64, 3) == 50_000 // 22  # ceil(64 / 3) images, 66 rows
-    assert [data.images_per_step(64, b) for b in (1, 2, 3, 4)] == [64, 32, 22, 16]
-    with pytest.raises(ValueError):
-        data.steps_per_epoch(10, 0)
-    with pytest.raises(ValueError, match="batch_repetition"):
-        data.steps_per_epoch(10, 4, 0)
-
-
-@pytest.mark.parametrize("m, b, rho", [(2, 1, 0.0), (3, 4, 0.25), (4, 2, 0.5), (2, 3, 1.0), (1, 2, 0.3)])
-def test_mimo_batches_structure(m, b, rho):
-    n, batch = 103, 24  # rows per step, repetitions included
-    steps = list(data.mimo_batches(n, batch, m, b, rho, _gen(1), "cpu"))
-    images = -(-batch // b)
-    assert len(steps) == data.steps_per_epoch(n, batch, b) == n // images
-    rows = images * b
-    shared = int(rows * rho)
-    seen = []
-    for index in steps:
-        assert index.shape == (m, rows) and index.dtype == torch.int64
-        distinct = torch.unique(index[0])
-        assert distinct.numel() == images
-        for i in range(m):
-            values, counts = torch.unique(index[i], return_counts=True)
-            assert torch.equal(values, distinct) and (counts == b).all()
-            assert torch.equal(index[i, :shared], index[0, :shared])
-        seen.append(distinct)
-    seen = torch.cat(seen)
-    assert seen.numel() == torch.unique(seen).numel() == len(steps) * images  # no sample in two steps
-    assert seen.min() >= 0 and seen.max() < n
-    if m > 1 and shared < rows:
-        tails = torch.stack(steps)[:, :, shared:]
-        assert not (tails == tails[:, :1]).all()  # members differ outside the shared prefix
-
-
-def test_mimo_batch_rows_are_batch_size_with_repetitions():
-    """The official sampler: 64 rows at b = 2 are 32 images twice each."""
-    index = next(data.mimo_batches(50_000, 64, 2, 2, 0.0, _gen(0)))
-    assert index.shape == (2, 64)
-    for member in index:
-        values, counts = torch.unique(member, return_counts=True)
-        assert values.numel() == 32 and (counts == 2).all()
-    assert torch.equal(torch.unique(index[0]), torch.unique(index[1]))
-
-
-@pytest.mark.parametrize("b", [2, 4])
-def test_input_repetition_shares_the_first_rows_before_the_shuffles(b):
-    """int(64 * 0.1) = 6 rows, the first of the repeated batch: 3 images x 2 copies at b = 2."""
-    for index in data.mimo_batches(4096, 64, 3, b, 0.1, _gen(b)):
-        prefix = index[0, :6]
-        assert all(torch.equal(member[:6], prefix) for member in index)
-        # side by side copies, as the batch is formed (each image b times) before any shuffle
-        runs = [prefix[k : k + b] for k in range(0, 6, b)]
-        assert all((run == run[0]).all() for run in runs)
-        assert len({int(run[0]) for run in runs}) == len(runs)
-        for member in index:  # each image still appears b times in the member's rows
-            values, counts = torch.unique(member, return_counts=True)
-            assert (counts == b).all() and values.numel() == 64 // b
-
-
-def test_mimo_batches_input_repetition_edges():
-    full = torch.stack(list(data.mimo_batches(64, 32, 3, 2, 1.0, _gen(2))))
-    assert (full == full[:, :1]).all()  # every member sees the same image at every row
-    none = torch.stack(list(data.mimo_batches(64, 32, 3, 2, 0.0, _gen(2))))
-    assert (none == none[:, :1]).float().mean() < 0.5
-    # int(32 * 0.1) = 3 shared rows
-    index = next(data.mimo_batches(64, 32, 2, 2, 0.1, _gen(3)))
-    assert torch.equal(index[0, :3], index[1, :3])
-
-
-def test_mimo_batches_rows_shuffled():
-    """Batch repetition copies are spread over the rows, not left side by side."""
-    index = torch.stack(list(data.mimo_batches(4096, 256, 2, 4, 0.0, _gen(4))))
-    adjacent_equal = (index[..., 1:] == index[..., :-1]).double().mean()
-    assert adjacent_equal < 0.1  # ~3/255 for a uniform shuffle, 3/4 if left interleaved
-
-
-def test_mimo_batches_deterministic():
-    a = torch.stack(list(data.mimo_batches(50, 8, 3, 2, 0.25, _gen(5))))
-    b = torch.stack(list(data.mimo_batches(50, 8, 3, 2, 0.25, _gen(5))))
-    c = torch.stack(list(data.mimo_batches(50, 8, 3, 2, 0.25, _gen(6))))
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    gen = _gen(5)
-    first = torch.stack(list(data.mimo_batches(50, 8, 3, 2, 0.25, gen)))
-    second = torch.stack(list(data.mimo_batches(50, 8, 3, 2, 0.25, gen)))
-    assert torch.equal(first, a) and not torch.equal(first, second)  # epochs differ
-    epoch = data.mimo_epoch_indices(50, 8, 3, 2, 0.25, _gen(5), "cpu")
-    assert torch.equal(epoch, a)
-
-
-def test_mimo_batches_tiny_datasets():
-    steps = list(data.mimo_batches(5, 24, 2, 3, 0.5, _gen(7)))  # 8 images wanted, 5 there
-    assert len(steps) == 1 and steps[0].shape == (2, 15)
-    values, counts = torch.unique(steps[0][1], return_counts=True)
-    assert values.tolist() == list(range(5)) and (counts == 3).all()
-    assert torch.equal(steps[0][0, :7], steps[0][1, :7])
-    one = list(data.mimo_batches(1, 16, 3, 2, 0.0, _gen(7)))
-    assert len(one) == 1 and (one[0] == 0).all() and one[0].shape == (3, 2)
-    assert list(data.mimo_batches(0, 8, 2, 1, 0.0, _gen(7))) == []
-    exact = list(data.mimo_batches(8, 8, 2, 1, 0.0, _gen(7)))
-    assert len(exact) == 1 and sorted(exact[0][0].tolist()) == list(range(8))
-
-
-def test_mimo_batches_rejects_bad_arguments():
-    with pytest.raises(ValueError, match="input_repetition"):
-        data.mimo_batches(10, 2, 2, 1, 1.5, _gen())
-    with pytest.raises(ValueError, match="num_subnets"):
-        data.mimo_batches(10, 2, 0, 1, 0.0, _gen())
-    with pytest.raises(ValueError, match="batch_size"):
-        data.mimo_batches(10, 0, 2, 1, 0.0, _gen())
-    with pytest.raises(ValueError, match="must match"):
-        data.mimo_batches(10, 2, 2, 1, 0.0, _gen(), "meta")
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_mimo_batches_and_augment_on_cuda():
-    gen = _gen(0, "cuda")
-    index = next(data.mimo_batches(1000, 256, 3, 4, 0.1, gen, "cuda"))
-    assert index.is_cuda and index.shape == (3, 256)
-    images = torch.randn(256, 3, 32, 32, device="cuda")
-    out = data.augment(images, True, gen)
-    assert out.is_cuda and out.shape == images.shape
-
-
-# --------------------------------------------------------------------------- augment
 
 
 def _all_crops(image, padding):

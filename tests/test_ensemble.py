@@ -1,8 +1,9 @@
 """The Deep Ensemble of independently trained runs: its metrics against a hand-made average of the runs'
 predictions, its cost columns, the refusal of runs of other data, and the ``mixshare ensemble`` command."""
 
+import itertools
 import json
-import math
+import types
 
 import pytest
 import torch
@@ -55,7 +56,9 @@ def test_ensemble_nll_is_that_of_the_hand_made_average(runs, rule):
     assert report["ensemble"] == rule and report["dataset"] == "synthetic" and len(report["runs"]) == 2
 
 
-def test_ensemble_cost_columns_sum_the_runs(runs):
+def test_ensemble_cost_columns_sum_the_runs(runs, monkeypatch):
+    ticks = itertools.count()  # a clock that moves 1 s a reading: every timed call of the ensemble takes 1 s
+    monkeypatch.setattr(cost, "time", types.SimpleNamespace(perf_counter=lambda: float(next(ticks))))
     report = ensemble.evaluate_ensemble(runs, device="cpu", timing_repeats=1, timing_batch=8)
     models = [_logits_and_labels(r)[0] for r in runs]
     images = torch.randn(8, 3, 12, 12)
@@ -63,7 +66,7 @@ def test_ensemble_cost_columns_sum_the_runs(runs):
     assert report["flops_per_example"] == pytest.approx(sum(cost.flops_per_example(m, images) for m in models))
     assert report["flops_per_example"] > 0
     assert report["forward_passes"] == 2 and report["timing_batch_size"] == 8
-    assert math.isfinite(report["ms_per_example"]) and report["ms_per_example"] > 0
+    assert report["ms_per_example"] == pytest.approx(1000.0 / 8)  # one call for both runs, over 8 images
     assert ensemble.evaluate_ensemble(runs, device="cpu", timing_repeats=0)["ms_per_example"] is None
 
 

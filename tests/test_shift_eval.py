@@ -12,6 +12,7 @@ import torch
 from mixshare import cli, corruptions, evaluate, metrics, plots, shift
 from mixshare.data import load_data, load_digits
 from mixshare.models import model_from_config
+from mixshare.seeds import stream_seed
 from tests.test_plots import check_layout, figures  # noqa: F401 - figures is a fixture
 from tests.test_train import TINY_ARGS, tiny_config
 
@@ -52,6 +53,8 @@ def test_ood_stand_in_is_grey_photograph_patches_like_the_digits():
     assert ood.shape == digits.test_images.shape and ood.dtype == torch.float32
     assert ood.min() >= 0 and ood.max() <= 1 and ood.std() > 0.05
     assert torch.equal(ood, ood[:, :1].expand_as(ood))  # grey, as the digits are
+    assert torch.equal(ood, evaluate.photograph_patches(digits.num_test, 3, (32, 32), stream_seed(config.seed, "ood"),
+                                                        gray=True))
     normalised = shift.to_model_input(ood, digits.mean, digits.std)
     assert torch.isfinite(normalised).all() and normalised.shape == digits.test_images.shape
     # seeded from the run's seed; colour for a colour dataset
@@ -101,8 +104,19 @@ def test_shift_report_keys_units_and_values(tiny):
     assert report["cAcc"] == pytest.approx(acc, abs=1e-9)
     assert report["cNLL"] == pytest.approx(nll, rel=1e-5)
     assert report["cECE"] == pytest.approx(ece, abs=1e-3)
-    # percent, as metrics.json's rates: ECE of a near-uniform untrained model is tens of percent
-    assert 0 <= report["cAcc"] <= 100 and 0 <= report["cECE"] <= 100 and 0 <= report["ood_fpr95"] <= 100
+    # OOD, in percent: the maximum softmax probability of the clean test images against the OOD patches,
+    # AUROC as the probability that an OOD patch scores above a test image (ties 1/2), FPR95 as the
+    # fraction of patches accepted at the strictest threshold accepting 95% of the test images
+    with torch.no_grad():
+        patches = evaluate.photograph_patches(dataset.num_test, 3, tuple(pixels.shape[-2:]),
+                                              seed=stream_seed(config.seed, "ood"))
+        score_in = -torch.softmax(model.predict(dataset.test_images).double().mean(0), -1).amax(-1)
+        score_out = -torch.softmax(model.predict(shift.to_model_input(patches, mean, std)).double().mean(0),
+                                   -1).amax(-1)
+    above = (score_out[:, None] > score_in[None, :]).double() + 0.5 * (score_out[:, None] == score_in[None, :])
+    assert report["ood_auroc"] == pytest.approx(100.0 * above.mean().item(), abs=1e-6)
+    threshold = score_in.sort().values[math.ceil(0.95 * dataset.num_test) - 1]
+    assert report["ood_fpr95"] == pytest.approx(100.0 * (score_out <= threshold).double().mean().item(), abs=1e-6)
     # severity 0 is the clean path
     clean = evaluate.evaluate_model(model, dataset.test_images, dataset.test_labels, config)
     assert report["shift_by_severity"]["0"]["accuracy"] == pytest.approx(clean["ensemble_accuracy"])

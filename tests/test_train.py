@@ -27,14 +27,58 @@ def tiny_config(method, **overrides):
     return apply(config, dict(TINY, **overrides), "test")
 
 
+def _share_rate(weights: list, dims: tuple) -> float:
+    """MixShare's share rate (%) of per-subnetwork weights: profiles h_i = sum of |w_i| over ``dims``,
+    100 * sum_f min_i h_i(f) / sum_f max_i h_i(f)."""
+    profiles = torch.stack([w.detach().double().abs().sum(dims) for w in weights])
+    return 100.0 * float(profiles.amin(0).sum() / profiles.amax(0).sum())
+
+
+def saved_run(config, out_dir):
+    """(dataset, model in eval mode with the weights of ``out_dir``'s checkpoint) of a finished run."""
+    from mixshare import data
+    from mixshare.models import model_from_config
+
+    dataset = data.load_data(config)
+    model = model_from_config(config, dataset.num_classes)
+    model.load_state_dict(train.load_checkpoint(str(out_dir / "checkpoint.pt"))["model"])
+    return dataset, model.eval()
+
+
+def member_logits(model, images) -> torch.Tensor:
+    """float64 [M, N, K]: every member fed the same ``images [N, C, H, W]``."""
+    with torch.no_grad():
+        return model(images.unsqueeze(0).expand(model.num_subnets, *images.shape)).double()
+
+
+def check_report_values(config, out_dir, report):
+    """The report's test metrics and share rates recomputed here from the saved weights and the test set:
+    accuracies from the argmax of the logits, the NLL as cross-entropy of the mean logits (the ``logits``
+    ensemble), the share rates from the encoders' and heads' weights."""
+    dataset, model = saved_run(config, out_dir)
+    logits = member_logits(model, dataset.test_images)
+    labels = dataset.test_labels
+    assert config.ensemble == "logits"
+    mean = logits.mean(0)
+    assert report["ensemble_accuracy"] == pytest.approx(100.0 * (mean.argmax(1) == labels).double().mean().item())
+    assert report["subnetwork_accuracy"] == pytest.approx(
+        [100.0 * (member.argmax(1) == labels).double().mean().item() for member in logits])
+    assert report["nll"] == pytest.approx(torch.nn.functional.cross_entropy(mean, labels).item(), rel=1e-5)
+    if hasattr(model, "encoders"):  # the ViTs share one patch embedding: no input-block rate
+        assert report["encoder_share_rate"] == pytest.approx(_share_rate([e.weight for e in model.encoders],
+                                                                         (1, 2, 3)))
+    assert report["classifier_share_rate"] == pytest.approx(_share_rate([h.weight for h in model.heads], (0,)))
+
+
 @pytest.mark.parametrize("method", list(cfg.PRESETS))
 def test_every_method_trains_end_to_end(method, tmp_path):
-    report = train.train(tiny_config(method, plots=method == "mixshare-fadeout"), str(tmp_path))
+    config = tiny_config(method, plots=method == "mixshare-fadeout")
+    report = train.train(config, str(tmp_path))
     for key in ("ensemble_accuracy", "subnetwork_accuracy", "nll", "ece", "brier", "disagreement",
                 "encoder_share_rate", "classifier_share_rate"):
         assert key in report
     assert len(report["subnetwork_accuracy"]) == (1 if method == "single" else 2)
-    assert 0 <= report["ensemble_accuracy"] <= 100
+    check_report_values(config, tmp_path, report)
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["ensemble_accuracy"] == report["ensemble_accuracy"]
     lines = (tmp_path / "history.csv").read_text().splitlines()
@@ -51,9 +95,10 @@ def test_multihead_trains_one_epoch_and_reports_share_rates(tmp_path):
     config = tiny_config("multihead", epochs=1)
     assert (config.input_repetition, config.mixing, config.batch_repetition) == (1.0, "sum", 1)
     report = train.train(config, str(tmp_path))
-    assert len(report["subnetwork_accuracy"]) == 2 and 0 <= report["ensemble_accuracy"] <= 100
+    assert len(report["subnetwork_accuracy"]) == 2
     for key in ("encoder_share_rate", "classifier_share_rate"):
-        assert isinstance(report[key], float) and 0 <= report[key] <= 100, (key, report[key])
+        assert isinstance(report[key], float), (key, report[key])
+    check_report_values(config, tmp_path, report)
     assert len((tmp_path / "history.csv").read_text().splitlines()) == 2
 
 
@@ -64,8 +109,9 @@ def test_cli_offers_and_compares_multihead(tmp_path, capsys):
     assert cli.main(["compare", "--methods", "multihead", "--seeds", "0", "--out", str(tmp_path / "cmp"),
                      *TINY_ARGS, "epochs=1", "plots=false"]) == 0
     assert "| multihead |" in capsys.readouterr().out
-    metrics = json.loads((tmp_path / "cmp" / "multihead" / "seed0" / "metrics.json").read_text())
-    assert metrics["classifier_share_rate"] >= 0
+    run = tmp_path / "cmp" / "multihead" / "seed0"
+    config = apply(Config(), train.load_checkpoint(str(run / "checkpoint.pt"))["config"], "test")
+    check_report_values(config, run, json.loads((run / "metrics.json").read_text()))
 
 
 # Four separable classes and an lr that learns them in six epochs (chance: 25%).
