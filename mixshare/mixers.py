@@ -314,8 +314,8 @@ class CutMixMo(LinearMixMo):
         center = torch.rand(rows, 2, device=device, generator=self.generator)
         boxes, area = mixshare_ops.cutmix_boxes(lam[:, owner], center, grid[0], grid[1], check_values=False)
         inside, outside = cut_weights(lam, owner)
-        ratios = area[:, None] * inside + (1 - area[:, None]) * outside  # the realised mixing ratios
-        return MixPlan(boxes, inside, outside, scale, grid, loss_weights(ratios, self.loss_root),
+        mixing_ratios = area[:, None] * inside + (1 - area[:, None]) * outside  # the realised ones
+        return MixPlan(boxes, inside, outside, scale, grid, loss_weights(mixing_ratios, self.loss_root),
                        self._unmix_plan(epoch, num_features))
 
 
