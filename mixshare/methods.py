@@ -41,7 +41,7 @@ def fade_span(config: Config) -> Optional[float]:
 
 
 def unmix_ratio(config: Config, epoch: float) -> float:
-    """``config``'s fadeout r in epoch ``epoch``, the plan's ``UnmixPlan.ratio`` (:func:`mixshare.mixers.fade_ratio`)."""
+    """``config``'s fadeout r in epoch ``epoch``: ``UnmixPlan.ratio`` (:func:`mixshare.mixers.fade_ratio`)."""
     return mixers.fade_ratio(epoch, fade_span(config))
 
 

@@ -11,16 +11,12 @@ generators; ``mixer(images, epoch)`` returns the batch's plan for
             plan = mixer(images, epoch)
             loss, logits = training_step(model, images, labels, plan, optimizer)
 
-=================  ===============  ==========================================================
-class              config keys      plan
-=================  ===============  ==========================================================
-:class:`NoMixing`  mixing: none     one input (M = 1): weights 1, no box
-:class:`MimoSum`   mixing: sum      MIMO: weights 1/M everywhere, the M encodings summed
-:class:`LinearMixMo` mixing: linear Dirichlet(alpha) ratios everywhere
-:class:`CutMixMo`  mixing: cut      a CutMix box with probability ``cut_probability(epoch)``, else linear
-:class:`MixShare`  + unmix: true    Cut-MixMo on every batch, plus the unmixing (full / partial / fadeout)
-:class:`MixViT`    mixing: cut      Cut-MixMo's plan on a :class:`~mixshare.vit.MimoViT`'s patch grid
-=================  ===============  ==========================================================
+- :class:`NoMixing` (``mixing: none``): one input (M = 1), weights 1, no box;
+- :class:`MimoSum` (``sum``): MIMO, weights 1/M everywhere (the encodings summed);
+- :class:`LinearMixMo` (``linear``): Dirichlet(alpha) ratios everywhere;
+- :class:`CutMixMo` (``cut``): a CutMix box with probability :meth:`CutMixMo.cut_probability`, else linear;
+- :class:`MixShare` (``cut`` and ``unmix: true``): Cut-MixMo on every batch plus unmixing (full, partial, fadeout);
+- :class:`MixViT` (``cut``, a ViT model): Cut-MixMo's plan on the patch grid.
 
 MixViT's token mixing is Cut-MixMo's plan: the same draws, with the box on the
 patch grid (the ViT's ``mixing_grid``) and scale 1 (its ``mixing_scale``);
