@@ -26,6 +26,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 import mixshare_ops
+from mixshare.mixers import cut_weights
 from mixshare_ops import reference, testing
 from mixshare_ops.backends import available_backends
 
@@ -248,16 +249,8 @@ def to_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     return testing.to_layout(t.contiguous(), channels_last=layout == "channels_last")
 
 
-def mixmo_weights(lam: torch.Tensor, owner: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut-MixMo's box_mix weights [B, M] (``mixshare.methods.mixing_plan``): input
-    ``owner`` fills the box; outside it the other inputs mix linearly by their
-    ratios ``lam`` (M > 2), or the other input alone (M = 2)."""
-    m = lam.shape[1]
-    onehot = torch.zeros(m, device=lam.device)
-    onehot[owner] = 1.0
-    others = lam * (1 - onehot)
-    outside = others / others.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    return onehot.expand_as(lam).contiguous(), outside.contiguous()
+# Cut-MixMo's box_mix weights (inside [B, M], outside [B, M]) of mixing ratios [B, M], input 0 filling the box.
+mixmo_weights = cut_weights
 
 
 def make_case(op: str, shape: Shape, dtype_name: str, provider: str, device: torch.device, seed: int = 0,

@@ -94,7 +94,11 @@ class Config:
 # Method presets: the method fields of Config for each named method; every
 # field can still be set on its own. PRESETS are the CNN methods (WRN /
 # PreActResNet models), VIT_PRESETS the transformer ones (vit-* models);
-# validate() refuses a preset with the other kind of model.
+# validate() refuses a preset with the other kind of model. A preset's mixing
+# keys (mixing, unmix and their settings) are the settings of its mixer
+# (mixshare.mixers: one class per `mixing` value, MixShare for unmix), whose
+# unset settings are its class's preset: a new mixing mode is a class there and
+# a preset here. This table is plain data so that --help needs no torch.
 _MIXMO = dict(num_subnets=2, encoder_init="independent", input_repetition=0.0, batch_repetition=2, unmix=False)
 _UNMIX = dict(_MIXMO, mixing="cut", cut_prob=1.0, cut_decay_start=1.0, loss_root=1.0, unmix=True,
               unmix_channels=1.0, input_repetition=0.1, fade_epochs=None, fade_fraction=None)
@@ -153,7 +157,6 @@ def preset(name: str) -> dict:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 DATASETS = ("digits", "cifar10", "cifar100")  # the datasets mixshare.data loads by name
 TRAINING_DATASETS = DATASETS + ("synthetic",)  # what a run's ``dataset`` may name (see mixshare.data.load_data)
-MIXINGS = ("none", "sum", "linear", "cut")
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 
@@ -164,6 +167,7 @@ def choices() -> dict[str, tuple]:
     Imports torch (through the modules owning the lists); the command line's help does not call it.
     """
     from mixshare.metrics import ENSEMBLE_MODES
+    from mixshare.mixers import MIXINGS
     from mixshare.models import ENCODER_INITS
     from mixshare_ops.checks import NORMALIZE_MODES
 
@@ -458,23 +462,39 @@ def check_range(key: str, value) -> None:
         raise ConfigError(f"{key} must be {_range_text(low, high, low_in, high_in)}, got {value!r}")
 
 
+def check_choice(key: str, value, valid=None) -> None:
+    """Raises ConfigError unless ``value`` is one of ``valid`` (default: ``choices()[key]``)."""
+    valid = choices()[key] if valid is None else valid
+    if value not in valid:
+        raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {value!r}")
+
+
+def check_value(key: str, value):
+    """``value`` for config key ``key`` as a config file's would be taken: converted to the key's type,
+    then checked against its range (RANGES) or its choices; raises ConfigError naming the key."""
+    value = _convert(key, value)
+    if key in RANGES:
+        check_range(key, value)
+    valid = choices().get(key)
+    if valid is not None:
+        check_choice(key, value, valid)
+    return value
+
+
 def validate(config: Config) -> None:
     for key, valid in choices().items():
-        if getattr(config, key) not in valid:
-            raise ConfigError(f"{key} must be one of {', '.join(valid)}, got {getattr(config, key)!r}")
+        check_choice(key, getattr(config, key), valid)
     for key in RANGES:
         check_range(key, getattr(config, key))
+    from mixshare.mixers import from_config
     from mixshare.runtime import check_device_name
 
     try:
         check_device_name(config.device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    from_config(config)  # the mixing keys together: M, unmixing (mixshare.mixers)
     checks = [
-        (config.num_subnets > 1 or config.mixing == "none", "a single network (num_subnets = 1) needs mixing: none"),
-        (config.num_subnets == 1 or config.mixing != "none", "mixing: none needs num_subnets = 1"),
-        (not config.unmix or config.mixing == "cut" and config.cut_prob == 1.0,
-         "unmixing needs CutMix on every batch (mixing: cut, cut_prob: 1)"),
         (all(isinstance(m, (int, float)) and 0 < m < 1 for m in config.lr_milestones),
          f"lr_milestones are fractions of training in (0, 1), got {list(config.lr_milestones)}"),
         (config.optimizer != "sgd" or not config.nesterov or config.momentum > 0,

@@ -1,7 +1,7 @@
 """Training: a loader, a plan per batch, a short step; checkpoints each epoch, resume, DDP.
 
 One batch's way: :class:`mixshare.loader.MimoLoader` yields ``images [M, R, C, H, W]``
-and ``labels [M, R]`` on the device; :func:`mixshare.methods.sample_plan` draws
+and ``labels [M, R]`` on the device; the run's mixer (:mod:`mixshare.mixers`) draws
 its :class:`~mixshare.methods.MixPlan`; :func:`training_step` runs the model
 (``box_mix``, the core, ``cutmix_unmix_pool`` for MixShare, the heads), the
 weighted loss, backward and the optimiser step, with no host sync.
@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import mixshare_ops
-from mixshare import data, methods
+from mixshare import data, mixers
 from mixshare import files
 from mixshare.config import Config, apply, check_resume, validate
 from mixshare.evaluate import evaluate_model, final_report, history_metrics
@@ -223,8 +223,8 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
     scheduler = make_scheduler(optimizer, config, steps, dataset.num_train)
     # The plans' draws: per sample on the loader's sample generator, per batch on the host.
     host_rng = random.Random(stream_seed(config.seed, "plans", ddp.rank))
-    image_size = tuple(dataset.train_images.shape[-2:])
-    grid = model.mixing_grid(image_size)
+    mixer = mixers.from_config(config, model, generator=loader.sample_generator, host_rng=host_rng)
+    model.mixing_grid(tuple(dataset.train_images.shape[-2:]))  # refuses, before training, images it cannot mix
     history: list[dict] = []
     start_epoch = 0
 
@@ -256,8 +256,7 @@ def _train(config: Config, out_dir: str, device: torch.device, stop_after_epoch:
             seen = 0
             batches = _progress(loader, steps, f"epoch {epoch + 1}/{config.epochs}", config.progress and ddp.main)
             for images, labels in batches:
-                plan = methods.sample_plan(config, labels.shape[1], grid, epoch, loader.sample_generator, host_rng,
-                                           model.num_features, scale=model.mixing_scale)
+                plan = mixer(images, epoch)
                 loss, logits = training_step(net, images, labels, plan, optimizer, bf16=config.bf16)
                 lr = optimizer.param_groups[0]["lr"]  # the lr this step trained at
                 scheduler.step()
