@@ -13,8 +13,12 @@ and the heads) work on it unchanged. Two ways to build one::
                          core=my_core, head=lambda: nn.Linear(512, 10), num_features=512)
 
     # from a torchvision- or timm-style CNN whose forward runs its children in order
-    model = MimoBackbone.from_cnn(lambda: torchvision.models.resnet18(num_classes=10),
-                                  encoder="conv1", pool="avgpool", head="fc")
+    # (the encoder, pool and head found by name and type; model.cnn_parts says which)
+    model = MimoBackbone.from_cnn(lambda: torchvision.models.resnet18(num_classes=10))
+
+:func:`torchvision_model` and :func:`timm_model` are the registry's builders of
+``torchvision-<arch>`` and ``timm-<name>``; :func:`adapt_stem` gives an ImageNet ResNet the
+small-input stem.
 
 The M encoders and heads must be separate: parts that are one module object or share a
 parameter or buffer are refused (the "ensemble" would be one network), and ``num_features``
@@ -31,7 +35,9 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from mixshare.models import ENCODER_INITS, MimoCNN, align_encoders
+from mixshare import registry
+from mixshare.config import check_model_arguments
+from mixshare.models import MimoCNN, align_encoders
 
 ModuleOrFactory = Union[nn.Module, Callable[[], nn.Module], Sequence[nn.Module]]
 
@@ -104,10 +110,7 @@ class MimoBackbone(MimoCNN):
         in_channels: Optional[int] = None,
     ):
         super().__init__()
-        if isinstance(num_subnets, bool) or not isinstance(num_subnets, int) or num_subnets < 1:
-            raise ValueError(f"num_subnets must be an int >= 1, got {num_subnets!r}")
-        if encoder_init not in ENCODER_INITS:
-            raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
+        check_model_arguments(num_subnets, encoder_init)
         if not isinstance(core, nn.Module):
             raise TypeError(f"core must be an nn.Module, got {type(core).__name__}")
         try:
@@ -139,9 +142,9 @@ class MimoBackbone(MimoCNN):
         make_model: Callable[[], nn.Module],
         num_subnets: int = 2,
         *,
-        encoder: str = "conv1",
-        pool: str = "avgpool",
-        head: str = "fc",
+        encoder: Optional[str] = None,
+        pool: Optional[str] = None,
+        head: Optional[str] = None,
         encoder_init: str = "independent",
     ) -> "MimoBackbone":
         """From a CNN whose ``forward`` runs its children in order (torchvision's and timm's ResNets).
@@ -151,8 +154,9 @@ class MimoBackbone(MimoCNN):
         refused). Children up to and including ``encoder``
         form the encoder, those after it and before ``pool`` the shared core; ``pool`` (global
         pooling) is replaced by the MIMO pooling and ``head`` (an ``nn.Linear``, right after
-        ``pool``) is copied per subnetwork. torchvision ResNet-18: ``encoder="conv1"``,
-        ``pool="avgpool"``, ``head="fc"`` (the defaults).
+        ``pool``) is copied per subnetwork. Each part left None is found (:func:`find_cnn_parts`):
+        torchvision's ResNets give ``conv1``, ``avgpool``, ``fc``, timm's ``conv1``,
+        ``global_pool``, ``fc``. The model's ``cnn_parts`` (also in its repr) names the three.
         """
         if not callable(make_model) or isinstance(make_model, nn.Module):
             raise TypeError(f"make_model must be a function building a new CNN on each call, "
@@ -167,22 +171,25 @@ class MimoBackbone(MimoCNN):
                                  f"each of the M = {num_subnets} subnetworks needs its own encoder and head, so "
                                  f"make_model must build a new model on each call (e.g. lambda: resnet18(), "
                                  f"not lambda: model)")
+        parts = find_cnn_parts(models[0], encoder=encoder, pool=pool, head=head)
         names = [name for name, _ in models[0].named_children()]
-        for part, name in (("encoder", encoder), ("pool", pool), ("head", head)):
-            if name not in names:
-                raise ValueError(f"{part}={name!r} is not a child of the model; its children: {', '.join(names)}")
-        e, p, h = names.index(encoder), names.index(pool), names.index(head)
-        if not e < p < h or h != p + 1:
-            raise ValueError(f"expected the children in the order encoder < pool < head with the head right after "
-                             f"the pool, got {encoder!r} at {e}, {pool!r} at {p}, {head!r} at {h} of {names}")
-        if h != len(names) - 1:
-            raise ValueError(f"the head {head!r} must be the last child; after it come {names[h + 1:]}")
-        heads = [dict(m.named_children())[head] for m in models]
-        if not isinstance(heads[0], nn.Linear):
-            raise TypeError(f"head={head!r} must be an nn.Linear, got {type(heads[0]).__name__}")
+        e, p = names.index(parts["encoder"]), names.index(parts["pool"])
+        heads = [dict(m.named_children())[parts["head"]] for m in models]
         encoders = [_sequence(m, names[: e + 1]) for m in models]
         core = _sequence(models[0], names[e + 1 : p])
-        return cls(encoders, core, heads, num_subnets, num_features=heads[0].in_features, encoder_init=encoder_init)
+        backbone = cls(encoders, core, heads, num_subnets, num_features=heads[0].in_features,
+                       encoder_init=encoder_init)
+        backbone.cnn_parts = parts
+        return backbone
+
+    def extra_repr(self) -> str:
+        """The parts :meth:`from_cnn` split the CNN into and the stem of a registry ResNet, when known."""
+        notes = []
+        if getattr(self, "cnn_parts", None):
+            notes.append("cnn_parts: " + ", ".join(f"{k}={v}" for k, v in self.cnn_parts.items()))
+        if getattr(self, "input_stem", None):
+            notes.append(f"input_stem: {self.input_stem} ({STEM_DESCRIPTIONS[self.input_stem]})")
+        return "\n".join(notes)
 
     def mixing_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
         """The encoders' output size (h, w) for images of ``image_size`` (one probe per size, cached).
@@ -219,6 +226,49 @@ class MimoBackbone(MimoCNN):
         return list(self.body) if isinstance(self.body, nn.Sequential) else [self.body]
 
 
+def find_cnn_parts(model: nn.Module, *, encoder: Optional[str] = None, pool: Optional[str] = None,
+                   head: Optional[str] = None) -> dict[str, str]:
+    """The names of ``model``'s children that :meth:`MimoBackbone.from_cnn` splits it at:
+    ``{"encoder": ..., "pool": ..., "head": ...}``.
+
+    A name given is checked; one left None is found: the head is the last child (an
+    ``nn.Linear``), the pool the child right before it (a pooling module: ``avgpool`` in
+    torchvision's ResNets, ``global_pool`` in timm's), the encoder the first child holding an
+    ``nn.Conv2d`` (``conv1`` in both). ValueError / TypeError say what is missing.
+    """
+    children = list(model.named_children())
+    names = [name for name, _ in children]
+    if len(names) < 3:
+        raise ValueError(f"the model needs at least an encoder, a pool and a head as children, got {names}")
+    for part, name in (("encoder", encoder), ("pool", pool), ("head", head)):
+        if name is not None and name not in names:
+            raise ValueError(f"{part}={name!r} is not a child of the model; its children: {', '.join(names)}")
+    modules = dict(children)
+    if head is None:
+        head = names[-1]
+        if not isinstance(modules[head], nn.Linear):
+            raise TypeError(f"no head found: the last child {head!r} is a {type(modules[head]).__name__}, not an "
+                            f"nn.Linear; name the classifier with head=")
+    if pool is None:
+        pool = names[names.index(head) - 1] if names.index(head) > 0 else head
+        if "pool" not in type(modules[pool]).__name__.lower():
+            raise ValueError(f"no global pooling found right before the head {head!r}: {pool!r} is a "
+                             f"{type(modules[pool]).__name__}; name it with pool=")
+    if encoder is None:
+        encoder = next((n for n, m in children if _first_conv(m) is not None), None)
+        if encoder is None:
+            raise ValueError("no encoder found: no child holds an nn.Conv2d; name it with encoder=")
+    e, p, h = names.index(encoder), names.index(pool), names.index(head)
+    if not e < p < h or h != p + 1:
+        raise ValueError(f"expected the children in the order encoder < pool < head with the head right after "
+                         f"the pool, got {encoder!r} at {e}, {pool!r} at {p}, {head!r} at {h} of {names}")
+    if h != len(names) - 1:
+        raise ValueError(f"the head {head!r} must be the last child; after it come {names[h + 1:]}")
+    if not isinstance(modules[head], nn.Linear):
+        raise TypeError(f"head={head!r} must be an nn.Linear, got {type(modules[head]).__name__}")
+    return {"encoder": encoder, "pool": pool, "head": head}
+
+
 def _sequence(model: nn.Module, names: list[str]) -> nn.Module:
     """The named children of ``model`` in order: the one child itself, or an nn.Sequential keeping their names."""
     children = dict(model.named_children())
@@ -227,20 +277,61 @@ def _sequence(model: nn.Module, names: list[str]) -> nn.Module:
     return nn.Sequential(collections.OrderedDict((name, children[name]) for name in names))
 
 
-def torchvision_model(arch: str, num_classes: int, num_subnets: int = 2,
-                      encoder_init: str = "independent") -> MimoBackbone:
-    """``torchvision.models.<arch>`` (a ResNet-style CNN: conv1 ... avgpool, fc) as a MIMO model.
+STEM_DESCRIPTIONS = {"small": "3x3 stride-1 conv1, no max-pool", "imagenet": "7x7 stride-2 conv1 and max-pool"}
 
-    Randomly initialised (``weights=None``: nothing is downloaded). The model name
-    ``torchvision-<arch>`` of the CLI and the config builds this.
+
+def adapt_stem(model: nn.Module) -> nn.Module:
+    """In place, and returned: the CIFAR adaptation of an ImageNet ResNet (torchvision's or timm's
+    layout): ``conv1`` becomes a 3x3 stride-1 convolution with the same channels (Kaiming-normal,
+    fan-out, as both libraries draw their convolutions) and ``maxpool`` an ``nn.Identity``, so 32 x 32
+    images leave a 4 x 4 final map instead of 1 x 1."""
+    conv, maxpool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if not isinstance(conv, nn.Conv2d) or maxpool is None:
+        raise ValueError(f"input_stem 'small' needs a ResNet stem (conv1 an nn.Conv2d, and a maxpool); "
+                         f"{type(model).__name__} has conv1 {type(conv).__name__}, maxpool "
+                         f"{type(maxpool).__name__}: use input_stem 'imagenet'")
+    small = nn.Conv2d(conv.in_channels, conv.out_channels, 3, 1, 1, bias=conv.bias is not None)
+    nn.init.kaiming_normal_(small.weight, mode="fan_out", nonlinearity="relu")
+    if small.bias is not None:
+        nn.init.zeros_(small.bias)
+    model.conv1 = small.to(device=conv.weight.device, dtype=conv.weight.dtype)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def _resnet_backbone(make: Callable[[], nn.Module], num_subnets: int, encoder_init: str, input_stem: str,
+                     image_size) -> MimoBackbone:
+    """:meth:`MimoBackbone.from_cnn` of ``make()``, with the stem ``input_stem`` resolves to."""
+    stem = registry.resolve_input_stem(input_stem, image_size)
+    backbone = MimoBackbone.from_cnn((lambda: adapt_stem(make())) if stem == "small" else make, num_subnets,
+                                     encoder_init=encoder_init)
+    backbone.input_stem = stem
+    return backbone
+
+
+def torchvision_model(arch: str, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent", *,
+                      input_stem: str = "auto", image_size=None) -> MimoBackbone:
+    """``torchvision.models.<arch>`` (a ResNet: conv1 ... avgpool, fc) as a MIMO model; the registry's
+    ``torchvision-<arch>``.
+
+    Randomly initialised (``weights=None``: nothing is downloaded). ``input_stem``: ``small``,
+    ``imagenet`` or ``auto`` (by ``image_size`` (H, W), see :func:`mixshare.registry.resolve_input_stem`).
     """
-    try:
-        import torchvision
-    except ImportError as exc:
-        raise ValueError(f"model torchvision-{arch} needs torchvision (pip install torchvision, "
-                         f"matching your torch): {exc}") from None
+    torchvision = registry.require("torchvision", f"torchvision-{arch}")
     factory = getattr(torchvision.models, arch, None)
     if not arch.isidentifier() or arch.startswith("_") or not callable(factory):
         raise ValueError(f"torchvision.models has no model {arch!r} (e.g. resnet18, resnet50)")
-    return MimoBackbone.from_cnn(lambda: factory(weights=None, num_classes=num_classes), num_subnets,
-                                 encoder_init=encoder_init)
+    return _resnet_backbone(lambda: factory(weights=None, num_classes=num_classes), num_subnets, encoder_init,
+                            input_stem, image_size)
+
+
+def timm_model(arch: str, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent", *,
+               input_stem: str = "auto", image_size=None) -> MimoBackbone:
+    """``timm.create_model(arch)`` (a ResNet: conv1, bn1, act1, maxpool, layer1..4, global_pool, fc) as
+    a MIMO model; the registry's ``timm-<name>``. Randomly initialised (``pretrained=False``);
+    ``input_stem`` as for :func:`torchvision_model`."""
+    timm = registry.require("timm", f"timm-{arch}")
+    if not timm.is_model(arch):
+        raise ValueError(f"timm has no model {arch!r} (e.g. resnet18, resnet50; timm.list_models() lists them)")
+    return _resnet_backbone(lambda: timm.create_model(arch, pretrained=False, num_classes=num_classes), num_subnets,
+                            encoder_init, input_stem, image_size)

@@ -16,6 +16,7 @@ import time
 from typing import Optional
 
 from mixshare import config as cfg
+from mixshare import registry
 
 DEMO_METHODS = ("single", "cut-mixmo", "unmix-align", "mixshare-fadeout")
 DEFAULT_VIT_METHOD = "mixvit"  # the default method when the model is a ViT and no method is named
@@ -25,8 +26,8 @@ VIT_DEMO_METHODS = ("single-vit", "mixvit")  # compare's default methods for a V
 def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
     p.add_argument("--dataset", choices=cfg.TRAINING_DATASETS, help="dataset (default: digits, embedded)")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py / cifar-100-python")
-    p.add_argument("--model", help="wrn-<depth>-<width> (e.g. wrn-28-2, wrn-16-2), preact-resnet18, "
-                                    "vit-tiny or vit-<depth>-<dim>[-<heads>] (e.g. vit-6-128)")
+    p.add_argument("--model", help=f"a registered model: {registry.patterns()} (default {cfg.Config.model}; "
+                                    f"listed in 'mixshare train --help')")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
@@ -38,10 +39,8 @@ def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
 
 def _wants_vit(args, file_values: dict, set_values: dict) -> bool:
     """Whether the model the command line asks for (--set, else --model, else --config, else the default) is a ViT."""
-    from mixshare.models import model_family
-
     model = set_values.get("model") or args.model or file_values.get("model") or cfg.Config.model
-    return model_family(str(model)) == "vit"
+    return registry.find_family(str(model)).kind == "vit"
 
 
 def build_config(args, method=None, seed=None) -> cfg.Config:
@@ -480,6 +479,12 @@ def unrecognized_message(extras: list, options: list) -> str:
     return message + ("; " + "; ".join(hints) if hints else "")
 
 
+def models_help() -> str:
+    """The registered model families, one line each (those whose package is missing say how to install it)."""
+    lines = ["models (--model, or the config key model; mixshare.registry.list_models() lists examples):"]
+    return "\n".join(lines + [f"  {family.describe()}" for family in registry.families()])
+
+
 CONFIG_KEYS_HELP = ("config keys: set them with --set KEY=VALUE, in a --config YAML file, or with the flags\n"
                     "above. Shown: each key's default before the method preset (--method) and the dataset's\n"
                     "defaults apply, its meaning and its valid range:")
@@ -491,7 +496,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train one method, evaluate and analyse it",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=f"{CONFIG_KEYS_HELP}\n{cfg.describe_keys()}")
+                       epilog=f"{models_help()}\n\n{CONFIG_KEYS_HELP}\n{cfg.describe_keys()}")
     _add_run_options(p)
     p.add_argument("--method", choices=list(cfg.ALL_PRESETS),
                    help="method preset (default: mixshare-fadeout, or mixvit for a vit-* model)")
@@ -536,7 +541,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="several methods x seeds, printed as MixShare's Table 1",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog=f"{CONFIG_KEYS_HELP}\n{cfg.describe_keys()}")
+                       epilog=f"{models_help()}\n\n{CONFIG_KEYS_HELP}\n{cfg.describe_keys()}")
     _add_run_options(p)
     p.add_argument("--methods", nargs="+", choices=list(cfg.ALL_PRESETS),
                    help=f"default: {' '.join(DEMO_METHODS)}; for a vit-* model: {' '.join(VIT_DEMO_METHODS)}")

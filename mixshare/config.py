@@ -11,6 +11,8 @@ from typing import Any, Optional
 
 import yaml
 
+from mixshare import registry
+
 
 def _key(default, meaning: str):
     """A Config field with its meaning (``metadata["help"]``), the text ``mixshare train --help`` lists."""
@@ -28,7 +30,11 @@ class Config:
         0.0, "fraction of the training images withheld from training (stratified, drawn by seed) to fit the "
              "temperature of the temperature-scaled nll_ts / ece_ts; 0: none withheld, no temperature scaling")
     # model
-    model: str = _key("wrn-28-2", "wrn-<depth>-<width>, preact-resnet18, vit-tiny or vit-<depth>-<dim>[-<heads>]")
+    model: str = _key("wrn-28-2", f"a registered model (mixshare.registry): {registry.patterns()}")
+    input_stem: str = _key(
+        "auto", f"torchvision-* / timm-* ResNets' first layers: small (3x3 stride-1 conv, no max-pool: the CIFAR "
+                f"adaptation) | imagenet (7x7 stride-2 conv and max-pool) | auto (small for images of at most "
+                f"{registry.SMALL_INPUT_SIZE} px)")
     attribution_depth: int = _key(2, "ViT: the last k blocks, with source attribution (class attention)")
     drop_path: float = _key(0.0, "ViT: stochastic depth rate of the last block (linear in depth)")
     # method (filled by the preset named in `method`, see PRESETS below)
@@ -44,7 +50,7 @@ class Config:
     unmix_normalize: str = _key("mean", "head pooling divides by: mean (h*w) | masked (its mask's sum, the ops' default)")
     fade_epochs: Optional[float] = _key(None, "unmixing fades out over this many epochs (None: no fadeout)")
     fade_fraction: Optional[float] = _key(None, "... or over this fraction of training")
-    encoder_init: str = _key("independent", "initial kernels of the M encoders: independent | identical | colinear")
+    encoder_init: str = _key("independent", f"initial kernels of the M encoders: {' | '.join(registry.ENCODER_INITS)}")
     input_repetition: float = _key(0.0, "rho: fraction of each batch where every subnetwork sees the same image")
     batch_repetition: int = _key(2, "b: times each image appears in a batch")
     # optimisation
@@ -168,14 +174,14 @@ def choices() -> dict[str, tuple]:
     """
     from mixshare.metrics import ENSEMBLE_MODES
     from mixshare.mixers import MIXINGS
-    from mixshare.models import ENCODER_INITS
     from mixshare_ops.checks import NORMALIZE_MODES
 
     return {
         "dataset": TRAINING_DATASETS,
         "mixing": MIXINGS,
         "unmix_normalize": NORMALIZE_MODES,
-        "encoder_init": ENCODER_INITS,
+        "encoder_init": registry.ENCODER_INITS,
+        "input_stem": registry.INPUT_STEMS,
         "ensemble": ENSEMBLE_MODES,
         "optimizer": OPTIMIZERS,
         "schedule": SCHEDULES,
@@ -388,7 +394,7 @@ RANGES = {
 # RUNTIME_KEYS, where and how a run executes (free to change). IDENTITY_KEYS, what the weights and
 # the data are, never change on resume; any other key may, when named with --allow-change.
 RUNTIME_KEYS = ("data_dir", "device", "progress", "plots", "compile", "channels_last", "eval_batch_size")
-IDENTITY_KEYS = ("method", "model", "dataset", "num_subnets", "seed", "calibration_split", "synthetic_train",
+IDENTITY_KEYS = ("method", "model", "input_stem", "dataset", "num_subnets", "seed", "calibration_split", "synthetic_train",
                  "synthetic_test", "synthetic_classes", "synthetic_size")
 
 
@@ -509,22 +515,45 @@ def validate(config: Config) -> None:
     _validate_family(config)
 
 
-def _validate_family(config: Config) -> None:
-    """The method presets and knobs of the CNNs and of the ViTs each need their own kind of model."""
-    from mixshare.models import CNN_MODEL_PATTERN, VIT_MODEL_PATTERN, model_family
+def check_model_arguments(num_subnets, encoder_init: Optional[str] = None) -> None:
+    """The models' check of their arguments, by the config's rules: ``num_subnets`` an int in
+    ``RANGES["num_subnets"]``, ``encoder_init`` (when given) one of ``registry.ENCODER_INITS``."""
+    low, high, low_in, high_in = RANGES["num_subnets"]
+    if isinstance(num_subnets, bool) or not isinstance(num_subnets, int):
+        raise ConfigError(f"num_subnets must be an int {_range_text(low, high, low_in, high_in)}, got {num_subnets!r}")
+    try:
+        check_range("num_subnets", num_subnets)
+    except ConfigError:
+        raise ConfigError(f"num_subnets must be an int {_range_text(low, high, low_in, high_in)}, "
+                          f"got {num_subnets!r}") from None
+    if encoder_init is not None and encoder_init not in registry.ENCODER_INITS:
+        raise ConfigError(f"encoder_init must be one of {', '.join(registry.ENCODER_INITS)}, got {encoder_init!r}")
 
-    vit = model_family(config.model) == "vit"
+
+def _validate_family(config: Config) -> None:
+    """The method presets and knobs of the CNNs and of the ViTs each need their own kind of model; the
+    model's family (:mod:`mixshare.registry`) says which options apply to it."""
+    try:
+        family = registry.find_family(config.model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    vit = family.kind == "vit"
     if config.method in VIT_PRESETS and not vit:
         raise ConfigError(
-            f"method {config.method!r} needs a ViT model ({VIT_MODEL_PATTERN}), got model {config.model!r}; "
+            f"method {config.method!r} needs a ViT model ({registry.patterns('vit')}), got model {config.model!r}; "
             f"the CNN methods are {', '.join(PRESETS)}")
     if config.method in PRESETS and vit:
         raise ConfigError(
-            f"method {config.method!r} is a CNN method ({CNN_MODEL_PATTERN}), got model {config.model!r}; "
+            f"method {config.method!r} is a CNN method ({registry.patterns('cnn')}), got model {config.model!r}; "
             f"the ViT methods are {', '.join(VIT_PRESETS)}")
-    if vit and config.unmix:
-        raise ConfigError("unmix applies to the CNNs; a ViT separates its subnetworks by source attribution "
-                          "(attribution_depth), set unmix: false")
-    if vit and config.encoder_init != "independent":
+    if config.unmix and not family.unmix:
+        raise ConfigError(f"unmix applies to the CNNs; model {config.model!r} ({family.pattern}) does not unmix"
+                          + ("; a ViT separates its subnetworks by source attribution (attribution_depth), "
+                             "set unmix: false" if vit else ""))
+    if config.encoder_init != "independent" and "encoder_init" not in family.options:
         raise ConfigError("encoder_init applies to the CNNs' M input encoders; a ViT has one patch embedding "
                           "shared by its subnetworks (encoder_init must stay independent)")
+    if config.input_stem != "auto" and "input_stem" not in family.options:
+        takes = ", ".join(f.pattern for f in registry.families() if "input_stem" in f.options)
+        raise ConfigError(f"input_stem applies to {takes}; model {config.model!r} ({family.pattern}) has its own "
+                          f"first layers (input_stem must stay auto)")

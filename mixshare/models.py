@@ -5,15 +5,15 @@ Shapes: images ``[M, B, 3, H, W]`` (one batch per subnetwork), logits
 and, for the unmixing methods, pools the final map per subnetwork with
 ``mixshare_ops.cutmix_unmix_pool``; test time sums the encodings (MixMo).
 
-:func:`build_model` is the one entry point by name, for the CNNs here and the
-MixViT transformers of :mod:`mixshare.vit`; every model implements
-:class:`mixshare.protocol.MimoModel`.
+:func:`mixshare.registry.create_model` is the one entry point by name (:func:`build_model` and
+:func:`model_from_config` lead to it), for the CNNs here, the MixViT transformers of
+:mod:`mixshare.vit` and torchvision's and timm's ResNets (:mod:`mixshare.backbone`); every model
+implements :class:`mixshare.protocol.MimoModel`.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Optional
 
 import torch
@@ -21,11 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mixshare_ops
+from mixshare import registry
+from mixshare.config import check_model_arguments
 from mixshare.protocol import MimoModel
-from mixshare.vit import VIT_MODEL_PATTERN, MimoViT, vit_from_name  # noqa: F401  (MimoViT re-exported)
-
-
-ENCODER_INITS = ("independent", "identical", "colinear")
+from mixshare.registry import ENCODER_INITS  # noqa: F401  (re-exported)
+from mixshare.vit import MimoViT  # noqa: F401  (re-exported)
 
 
 class WideBlock(nn.Module):
@@ -99,8 +99,7 @@ def align_encoders(encoders, encoder_init: str) -> None:
     """In place: encoders 2..M start as encoder 1's weights (``identical``, MixShare's kernel
     alignment) or a random positive multiple of them (``colinear``, MixShare appendix C);
     ``independent`` leaves them as drawn."""
-    if encoder_init not in ENCODER_INITS:
-        raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
+    check_model_arguments(len(encoders), encoder_init)
     first = list(encoders[0].parameters())
     with torch.no_grad():
         for encoder in encoders[1:]:
@@ -187,10 +186,7 @@ class MimoNet(MimoCNN):
     def __init__(self, stages, stem: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent",
                  *, block=WideBlock, head_std: Optional[float] = None):
         super().__init__()
-        if num_subnets < 1:
-            raise ValueError(f"num_subnets must be >= 1, got {num_subnets}")
-        if encoder_init not in ENCODER_INITS:
-            raise ValueError(f"encoder_init must be one of {', '.join(ENCODER_INITS)}, got {encoder_init!r}")
+        check_model_arguments(num_subnets, encoder_init)
         self.num_subnets = num_subnets
         self.encoders = nn.ModuleList(nn.Conv2d(3, stem, 3, 1, 1, bias=False) for _ in range(num_subnets))
         self.stages = nn.ModuleList()
@@ -255,48 +251,34 @@ def preact_resnet18(num_classes: int, num_subnets: int = 2, encoder_init: str = 
     return MimoNet(stages, 64, num_classes, num_subnets, encoder_init, block=PreActBlock, head_std=0.01)
 
 
-CNN_MODEL_PATTERN = ("wrn-<depth>-<width> (depth = 6n + 4, e.g. wrn-28-2, wrn-16-2), preact-resnet18 or "
-                     "torchvision-<resnet> (e.g. torchvision-resnet18, with torchvision installed)")
-MODEL_PATTERN = f"{CNN_MODEL_PATTERN}; or a ViT: {VIT_MODEL_PATTERN}"
-
-
 def model_family(name: str) -> str:
-    """``"vit"`` for a ViT name (``vit-...``), ``"cnn"`` otherwise."""
-    return "vit" if name == "vit-tiny" or name.startswith("vit-") else "cnn"
+    """The kind of model ``name`` registers (``"cnn"`` or ``"vit"``); ValueError for an unknown name."""
+    return registry.find_family(name).kind
 
 
-def build_model(
-    name: str,
-    num_classes: int,
-    num_subnets: int,
-    encoder_init: str = "independent",
-    *,
-    attribution_depth: int = 2,
-    drop_path: float = 0.0,
-) -> nn.Module:
-    """A model from its CLI name: ``wrn-<depth>-<width>``, ``preact-resnet18``, ``torchvision-<resnet>``,
-    ``vit-tiny`` or ``vit-<depth>-<dim>[-<heads>]``.
-
-    ``encoder_init`` applies to the CNNs' M encoders; ``attribution_depth``
-    (the last k blocks, with source attribution) and ``drop_path``
-    (stochastic depth) to the ViTs.
-    """
-    if name.startswith("torchvision-"):
-        from mixshare.backbone import torchvision_model
-
-        return torchvision_model(name[len("torchvision-"):], num_classes, num_subnets, encoder_init)
-    match = re.fullmatch(r"wrn-(\d+)-(\d+)", name)
-    if match:
-        return wide_resnet(int(match.group(1)), int(match.group(2)), num_classes, num_subnets, encoder_init)
-    if name == "preact-resnet18":
-        return preact_resnet18(num_classes, num_subnets, encoder_init)
-    vit = vit_from_name(name, num_classes, num_subnets, attribution_depth, drop_path)
-    if vit is not None:
-        return vit
-    raise ValueError(f"unknown model {name!r}: expected {MODEL_PATTERN}")
+def build_model(name: str, num_classes: int, num_subnets: int, encoder_init: str = "independent", **options):
+    """:func:`mixshare.registry.create_model`, with ``encoder_init`` passed to the families that take it."""
+    if "encoder_init" in registry.find_family(name).options:
+        options["encoder_init"] = encoder_init
+    elif encoder_init != "independent":
+        raise ValueError(f"encoder_init applies to the CNNs' M encoders; model {name!r} has none "
+                         f"(encoder_init must stay independent)")
+    return registry.create_model(name, num_classes, num_subnets, **options)
 
 
-def model_from_config(config, num_classes: int) -> nn.Module:
-    """:func:`build_model` with the model fields of a :class:`mixshare.config.Config`."""
-    return build_model(config.model, num_classes, config.num_subnets, config.encoder_init,
-                       attribution_depth=config.attribution_depth, drop_path=config.drop_path)
+def config_image_size(config) -> tuple[int, int]:
+    """(H, W) of the images of ``config``'s dataset (:func:`mixshare.data.load_data`): ``synthetic_size``
+    square for the synthetic set, 32 x 32 for the digits (upsampled) and CIFAR."""
+    side = config.synthetic_size if config.dataset == "synthetic" else 32
+    return side, side
+
+
+def model_from_config(config, num_classes: int, image_size: Optional[tuple[int, int]] = None) -> nn.Module:
+    """:func:`mixshare.registry.create_model` with the model keys of a :class:`mixshare.config.Config`
+    that the model's family takes; ``image_size`` (H, W), default :func:`config_image_size`, picks
+    ``input_stem: auto``'s stem."""
+    family = registry.find_family(config.model)
+    options = {key: getattr(config, key) for key in family.options if key != "image_size"}
+    if "image_size" in family.options:
+        options["image_size"] = tuple(image_size) if image_size is not None else config_image_size(config)
+    return registry.create_model(config.model, num_classes, config.num_subnets, **options)

@@ -81,7 +81,6 @@ leaves every patch-token computation of the shared blocks shared.
 from __future__ import annotations
 
 import math
-import re
 from typing import Optional
 
 import torch
@@ -89,11 +88,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import mixshare_ops
+from mixshare.config import check_model_arguments
 from mixshare.protocol import MimoModel
 
-__all__ = ["MimoViT", "vit_from_name", "VIT_MODEL_PATTERN", "source_weights", "band_sources", "sincos_position_embedding"]
-
-VIT_MODEL_PATTERN = "vit-tiny (DeiT-Tiny width: depth 12, D 192, 3 heads) or vit-<depth>-<dim>[-<heads>] (e.g. vit-6-128)"
+__all__ = ["MimoViT", "build_vit", "source_weights", "band_sources", "sincos_position_embedding"]
 
 
 def sincos_position_embedding(height: int, width: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -279,8 +277,7 @@ class MimoViT(MimoModel):
         drop_path: float = 0.0,
     ):
         super().__init__()
-        if num_subnets < 1:
-            raise ValueError(f"num_subnets must be >= 1, got {num_subnets}")
+        check_model_arguments(num_subnets)
         if not 1 <= attribution_depth < depth:
             raise ValueError(
                 f"attribution_depth must be in [1, depth - 1] = [1, {depth - 1}] (at least one shared and one "
@@ -509,17 +506,10 @@ class MimoViT(MimoModel):
         return torch.stack(shares)
 
 
-def vit_from_name(
-    name: str, num_classes: int, num_subnets: int, attribution_depth: int = 2, drop_path: float = 0.0
-) -> Optional[MimoViT]:
-    """``vit-tiny`` or ``vit-<depth>-<dim>[-<heads>]`` (heads default: dim // 64, at least 1); None if not a ViT name."""
-    if name == "vit-tiny":
-        depth, dim, heads = 12, 192, 3
-    else:
-        match = re.fullmatch(r"vit-(\d+)-(\d+)(?:-(\d+))?", name)
-        if not match:
-            return None
-        depth, dim = int(match.group(1)), int(match.group(2))
-        heads = int(match.group(3)) if match.group(3) else max(1, dim // 64)
+def build_vit(num_classes: int, num_subnets: int, depth: int, dim: int, heads: Optional[int] = None,
+              attribution_depth: int = 2, drop_path: float = 0.0) -> MimoViT:
+    """The registry's builder of ``vit-tiny`` and ``vit-<depth>-<dim>[-<heads>]`` (heads default:
+    dim // 64, at least 1)."""
+    heads = max(1, dim // 64) if heads is None else heads
     return MimoViT(num_classes, num_subnets, depth=depth, dim=dim, heads=heads,
                    attribution_depth=attribution_depth, drop_path=drop_path)

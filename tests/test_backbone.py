@@ -14,22 +14,7 @@ from mixshare import config as cfg
 from mixshare.backbone import MimoBackbone
 from mixshare.evaluate import evaluate_model
 from mixshare.protocol import MimoModel
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down = None if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = torch.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return torch.relu(out + (x if self.down is None else self.down(x)))
+from tests.resnets import BasicBlock, TimmResNet, TorchvisionResNet
 
 
 class TinyResNet(nn.Module):
@@ -95,6 +80,45 @@ def test_aligned_encoders_and_three_part_construction():
     shared = nn.Conv2d(3, 4, 1)
     copies = MimoBackbone(shared, nn.Identity(), nn.Linear(4, 2), 2, num_features=4)
     assert copies.encoders[0] is shared and torch.equal(copies.encoders[1].weight, shared.weight)
+
+
+@pytest.mark.parametrize("make, parts", [
+    (TorchvisionResNet, {"encoder": "conv1", "pool": "avgpool", "head": "fc"}),
+    (TimmResNet, {"encoder": "conv1", "pool": "global_pool", "head": "fc"}),
+])
+def test_from_cnn_finds_the_parts_of_torchvision_and_timm_resnets(make, parts):
+    """Left unnamed, the encoder (first child holding a conv), the pool (before the head) and the head (the
+    last child, a Linear) are found, kept in cnn_parts and shown in the repr; M = 1 is the CNN itself."""
+    torch.manual_seed(0)
+    cnn = make(num_classes=5).eval()
+    torch.manual_seed(0)
+    model = MimoBackbone.from_cnn(lambda: make(num_classes=5), num_subnets=1).eval()
+    assert model.cnn_parts == parts
+    assert "cnn_parts: " + ", ".join(f"{k}={v}" for k, v in parts.items()) in repr(model)
+    images = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(model.predict(images)[0], cnn(images), rtol=0, atol=0)
+    named = MimoBackbone.from_cnn(lambda: make(num_classes=5), **parts)  # explicit names still work
+    assert named.cnn_parts == parts and named.num_features == 64
+
+
+class _Headless(nn.Module):
+    def __init__(self, last):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.last = last
+
+
+@pytest.mark.parametrize("make, error, message", [
+    (lambda: _Headless(nn.Flatten()), TypeError, "no head found: the last child 'last' is a Flatten"),
+    (lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Linear(4, 2)), ValueError,
+     "no global pooling found right before the head '2': '1' is a ReLU; name it with pool="),
+    (lambda: nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Linear(4, 2)), ValueError,
+     "no encoder found: no child holds an nn.Conv2d"),
+])
+def test_from_cnn_says_which_part_it_cannot_find(make, error, message):
+    with pytest.raises(error, match=message):
+        MimoBackbone.from_cnn(make)
 
 
 @pytest.mark.parametrize("kwargs, message", [

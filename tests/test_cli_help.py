@@ -134,3 +134,24 @@ def test_unknown_options_name_the_nearest(argv, hint, capsys, tmp_path):
 def test_set_value_for_new_key_is_range_checked():
     with pytest.raises(cfg.ConfigError, match=r"calibration_split must be in \[0, 1\)"):
         cfg.validate(dataclasses.replace(cfg.Config(), calibration_split=1.0))
+
+
+def test_train_help_lists_the_registered_models(capsys, monkeypatch):
+    """--model's help and train --help's model list come from the registry, torchvision-* and timm-*
+    included, each saying how to install its package when it is missing."""
+    from mixshare import registry
+
+    monkeypatch.setitem(sys.modules, "timm", None)  # not installed
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    train_parser = cli.make_parser()._subparsers._group_actions[0].choices["train"]
+    model_help = next(a.help for a in train_parser._actions if "--model" in a.option_strings)
+    assert model_help.startswith("a registered model: wrn-<depth>-<width>, preact-resnet18, vit-tiny, "
+                                 "vit-<depth>-<dim>[-<heads>], torchvision-<arch>, timm-<name> ")
+    assert "--model MODEL" in text and "torchvision-<arch>" in text
+    listing = text.split("\nmodels (")[1].split("\n\n")[0].splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in listing] == [f.pattern for f in registry.families()]
+    timm_line = next(line for line in listing if line.strip().startswith("timm-<name>:"))
+    assert "needs timm, not installed: pip install timm" in timm_line
+    assert "input_stem" in timm_line and "64 px" in timm_line
