@@ -40,7 +40,10 @@ def _add_run_options(p: argparse.ArgumentParser, method_default=None) -> None:
 def _wants_vit(args, file_values: dict, set_values: dict) -> bool:
     """Whether the model the command line asks for (--set, else --model, else --config, else the default) is a ViT."""
     model = set_values.get("model") or args.model or file_values.get("model") or cfg.Config.model
-    return registry.find_family(str(model)).kind == "vit"
+    try:
+        return isinstance(model, str) and registry.find_family(model).kind == "vit"
+    except ValueError:
+        return False  # an unknown name: the config's check refuses it, naming where it came from
 
 
 def build_config(args, method=None, seed=None) -> cfg.Config:

@@ -163,6 +163,9 @@ def preset(name: str) -> dict:
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 DATASETS = ("digits", "cifar10", "cifar100")  # the datasets mixshare.data loads by name
 TRAINING_DATASETS = DATASETS + ("synthetic",)  # what a run's ``dataset`` may name (see mixshare.data.load_data)
+#: The values of ``mixing``: one class of :mod:`mixshare.mixers` each (its ``MIXERS``, held equal by a test).
+MIXINGS = ("none", "sum", "linear", "cut")
+UNMIX_NEEDS_CUT = "unmixing needs CutMix on every batch (mixing: cut, cut_prob: 1)"
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 
@@ -173,7 +176,6 @@ def choices() -> dict[str, tuple]:
     Imports torch (through the modules owning the lists); the command line's help does not call it.
     """
     from mixshare.metrics import ENSEMBLE_MODES
-    from mixshare.mixers import MIXINGS
     from mixshare_ops.checks import NORMALIZE_MODES
 
     return {
@@ -492,14 +494,13 @@ def validate(config: Config) -> None:
         check_choice(key, getattr(config, key), valid)
     for key in RANGES:
         check_range(key, getattr(config, key))
-    from mixshare.mixers import from_config
     from mixshare.runtime import check_device_name
 
     try:
         check_device_name(config.device)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    from_config(config)  # the mixing keys together: M, unmixing (mixshare.mixers)
+    check_mixing(config.mixing, config.num_subnets, config.unmix, config.cut_prob)
     checks = [
         (all(isinstance(m, (int, float)) and 0 < m < 1 for m in config.lr_milestones),
          f"lr_milestones are fractions of training in (0, 1), got {list(config.lr_milestones)}"),
@@ -513,6 +514,17 @@ def validate(config: Config) -> None:
         if not ok:
             raise ConfigError(message)
     _validate_family(config)
+
+
+def check_mixing(mixing: str, num_subnets: int, unmix: bool = False, cut_prob: float = 1.0) -> None:
+    """The mixing keys together (:func:`validate`'s rule and, at construction, every mixer's of
+    :mod:`mixshare.mixers`): M = 1 exactly with ``mixing: none``; unmixing needs CutMix on every batch."""
+    if num_subnets == 1 and mixing != "none":
+        raise ConfigError("a single network (num_subnets = 1) needs mixing: none")
+    if num_subnets != 1 and mixing == "none":
+        raise ConfigError("mixing: none needs num_subnets = 1")
+    if unmix and (mixing != "cut" or cut_prob != 1.0):
+        raise ConfigError(UNMIX_NEEDS_CUT)
 
 
 def check_model_arguments(num_subnets, encoder_init: Optional[str] = None) -> None:

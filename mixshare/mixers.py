@@ -51,7 +51,7 @@ __all__ = ["CutMixMo", "LinearMixMo", "MIXERS", "MIXINGS", "MimoSum", "MixShare"
            "create_mixer", "cut_probability", "cut_weights", "fade_ratio", "fade_span", "from_config",
            "loss_weights"]
 
-UNMIX_NEEDS_CUT = "unmixing needs CutMix on every batch (mixing: cut, cut_prob: 1)"
+UNMIX_NEEDS_CUT = cfg.UNMIX_NEEDS_CUT
 
 
 # ------------------------------------------------------------------------------------------- the rules
@@ -144,7 +144,7 @@ class Mixer:
             raise TypeError(f"{type(self).__name__} needs the model (or, to call draw() alone, num_subnets)")
         self.model = model
         self.num_subnets = cfg.check_value("num_subnets", num_subnets)
-        self.check_num_subnets(self.num_subnets)
+        cfg.check_mixing(self.mixing, self.num_subnets)
         self.epochs = None if epochs is None else cfg.check_value("epochs", epochs)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
@@ -154,12 +154,6 @@ class Mixer:
             raise TypeError(f"host_rng must be a random.Random, got {type(host_rng).__name__}")
         self.generator = generator
         self.host_rng = host_rng
-
-    @classmethod
-    def check_num_subnets(cls, num_subnets: int) -> None:
-        """Raises ConfigError unless the mode mixes ``num_subnets`` inputs (every mixing mode: M > 1)."""
-        if num_subnets == 1:
-            raise ConfigError("a single network (num_subnets = 1) needs mixing: none")
 
     def _setting(self, key: str, value):
         """``value`` checked as config key ``key`` is; None: the preset's value (else the config's default)."""
@@ -218,11 +212,6 @@ class NoMixing(Mixer):
 
     mixing = "none"
     preset = "single"
-
-    @classmethod
-    def check_num_subnets(cls, num_subnets: int) -> None:
-        if num_subnets != 1:
-            raise ConfigError("mixing: none needs num_subnets = 1")
 
     def _plan(self, rows, grid, epoch, num_features, scale, device, no_box) -> MixPlan:
         ones = torch.ones(rows, 1, device=device)
@@ -341,8 +330,7 @@ class MixShare(CutMixMo):
         super().__init__(model, epochs=epochs, alpha=alpha, loss_root=loss_root, cut_prob=cut_prob,
                          cut_decay_start=cut_decay_start, generator=generator, host_rng=host_rng,
                          num_subnets=num_subnets)
-        if self.cut_prob != 1.0:
-            raise ConfigError(UNMIX_NEEDS_CUT)
+        cfg.check_mixing(self.mixing, self.num_subnets, True, self.cut_prob)
         self.unmix_channels = self._setting("unmix_channels", unmix_channels)
         self.unmix_normalize = self._setting("unmix_normalize", unmix_normalize)
         self.fade_epochs = self._setting("fade_epochs", fade_epochs)
@@ -388,11 +376,9 @@ def from_config(config: cfg.Config, model: Optional[MimoModel] = None, *,
     ConfigError for settings the mode refuses (these are the mixing checks of
     :func:`mixshare.config.validate`).
     """
+    cfg.check_mixing(config.mixing, config.num_subnets, config.unmix, config.cut_prob)
     cls = MIXERS[config.mixing]
     if config.unmix:
-        if cls is not CutMixMo:
-            cls.check_num_subnets(config.num_subnets)
-            raise ConfigError(UNMIX_NEEDS_CUT)
         cls = MixShare
     elif cls is CutMixMo and isinstance(model, MimoViT):
         cls = MixViT
