@@ -287,6 +287,18 @@ def test_digits_defaults_replace_the_cifar_schedule_for_sgd_only(name):
     assert _merged(name, {"dataset": "cifar10"}, {"dataset": "digits"}).lr == 0.1  # the final dataset decides
 
 
+@pytest.mark.parametrize("model", ["torchvision-resnet18", "timm-resnet18"])
+def test_imagenet_resnets_keep_the_recipe_lr_on_digits(model):
+    """At lr 0.1 an ImageNet ResNet stays at chance on the digits (see config.dataset_defaults): it keeps
+    the recipe's 0.1 / b * batch / 128; the schedule is the digits' as for every CNN."""
+    for flags, batch_repetition, expected in (({}, 2, 0.1 / 2 * 64 / 128), ({"batch_size": 32}, 1, 0.1 * 32 / 128)):
+        config = _merged("cut-mixmo", {"model": model, "batch_repetition": batch_repetition}, flags)
+        assert config.lr_value() == pytest.approx(expected)
+        assert (config.lr_milestones, config.warmup_epochs) == ((0.5, 0.75), 0.5)
+    assert _merged("cut-mixmo", {"model": model}, set_values={"lr": 0.1}).lr == 0.1
+    assert _merged("cut-mixmo", {"model": "wrn-16-2"}).lr == 0.1
+
+
 def test_digits_defaults_leave_the_vit_recipe_alone():
     config = cfg.merge(cfg.preset("mixvit"), {}, {"model": "vit-3-32"}, {})
     assert (config.dataset, config.optimizer, config.lr_value(), config.warmup_epochs) == ("digits", "adamw", 1e-3, 5.0)
