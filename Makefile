@@ -35,8 +35,9 @@ DEMO_OUT ?= runs/demo
 # epochs, no batch repetition, batches of 32 rows; lr 0.1, warmup and decays
 # at 50% and 75% are the digits defaults (mixshare/config.py); each run is
 # then evaluated under corruption and OOD (shift_eval), and the two single
-# networks make the Deep-Ensemble row. Measured 2026-12-07 on a quiet 2-core
-# AMD EPYC: 7 min 36 s (about 45 s a run, 10 s of it the shift evaluation); a
+# networks make the Deep-Ensemble row; one run of each method and the Deep
+# Ensemble are then timed side by side. Measured 2026-12-07 on a quiet 2-core
+# AMD EPYC: 8 min 14 s (about 48 s a run, 10 s of it the shift evaluation); a
 # loaded machine takes several times as long.
 # DEMO_SEEDS=0 halves it; runs already in DEMO_OUT are read back, not retrained.
 DEMO_SEEDS ?= 0 1
