@@ -112,7 +112,9 @@ def align_encoders(encoders, encoder_init: str) -> None:
 
 
 class MimoCNN(MimoModel):
-    """A MIMO CNN: M input encoders, mixing right after them, a shared core, M heads.
+    """The MIMO forward of every CNN (the base of :class:`MimoResNet` and of
+    :class:`mixshare.backbone.MimoBackbone`, a user's CNN): M input encoders, mixing right after
+    them, a shared core, M heads.
 
     Subclasses hold ``encoders`` and ``heads`` (ModuleLists of M) and define :meth:`core` and
     :meth:`core_sequence`. Training mixes the encodings ``[M, B, D, h, w]`` with ``box_mix``
@@ -177,8 +179,9 @@ class MimoCNN(MimoModel):
             module.compile()
 
 
-class MimoNet(MimoCNN):
-    """M encoders (3x3 conv, 3 -> ``stem``), a pre-activation core, BN-ReLU, M heads.
+class MimoResNet(MimoCNN):
+    """The project's pre-activation residual networks (MixMo's WRN-<depth>-<width> and PreActResNet-18):
+    M encoders (3x3 conv, 3 -> ``stem``), a pre-activation core, BN-ReLU, M heads.
 
     ``stages``: list of (channels, blocks, stride). M = 1 is the plain network.
     """
@@ -233,13 +236,17 @@ class MimoNet(MimoCNN):
         return list(self.stages)
 
 
+#: Another name of MimoResNet, for code that imports it by that name.
+MimoNet = MimoResNet
+
+
 def wide_resnet(depth: int, width: int, num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
     """WRN-depth-width (depth = 6n + 4): widths 16, 16w, 32w, 64w; n :class:`WideBlock` per stage."""
     if (depth - 4) % 6 != 0 or depth < 10:
         raise ValueError(f"WRN depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, ...), got {depth}")
     n = (depth - 4) // 6
     stages = [(16 * width, n, 1), (32 * width, n, 2), (64 * width, n, 2)]
-    return MimoNet(stages, 16, num_classes, num_subnets, encoder_init)
+    return MimoResNet(stages, 16, num_classes, num_subnets, encoder_init)
 
 
 def preact_resnet18(num_classes: int, num_subnets: int = 2, encoder_init: str = "independent"):
@@ -248,7 +255,7 @@ def preact_resnet18(num_classes: int, num_subnets: int = 2, encoder_init: str = 
     Heads start from N(0, 0.01), as the official PreActResNet's.
     """
     stages = [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)]
-    return MimoNet(stages, 64, num_classes, num_subnets, encoder_init, block=PreActBlock, head_std=0.01)
+    return MimoResNet(stages, 64, num_classes, num_subnets, encoder_init, block=PreActBlock, head_std=0.01)
 
 
 def model_family(name: str) -> str:

@@ -5,7 +5,7 @@ takes ``images [M, B, C, H, W]`` (one batch per subnetwork) and returns logits
 ``[M, B, K]``. Training mixes the M inputs by a :class:`mixshare.methods.MixPlan`
 whose boxes live on :meth:`MimoModel.mixing_grid`; test time gives every
 subnetwork the same images (:meth:`MimoModel.predict`). The CNNs
-(:class:`mixshare.models.MimoNet`) and the ViTs (:class:`mixshare.vit.MimoViT`)
+(:class:`mixshare.models.MimoResNet`) and the ViTs (:class:`mixshare.vit.MimoViT`)
 implement it; so does any network that is to run through ``mixshare.train``,
 ``mixshare.evaluate`` and the CLI.
 """

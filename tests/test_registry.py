@@ -12,7 +12,7 @@ import torch
 from mixshare import config as cfg
 from mixshare import registry, train
 from mixshare.backbone import MimoBackbone
-from mixshare.models import MimoNet, build_model, config_image_size, model_from_config
+from mixshare.models import MimoResNet, build_model, config_image_size, model_from_config
 from mixshare.vit import MimoViT
 from tests.resnets import TimmResNet, TorchvisionResNet, fake_timm, fake_torchvision
 
@@ -67,10 +67,10 @@ def test_missing_packages_are_seen_and_said(no_timm, monkeypatch):
 
 def test_create_model_builds_each_family(torchvision_and_timm):
     wrn = registry.create_model("wrn-10-1", 10, 2, encoder_init="identical")
-    assert isinstance(wrn, MimoNet) and len(wrn.stages) == 3 and wrn.num_features == 64  # 64 * width 1
+    assert isinstance(wrn, MimoResNet) and len(wrn.stages) == 3 and wrn.num_features == 64  # 64 * width 1
     assert torch.equal(wrn.encoders[0].weight, wrn.encoders[1].weight)
     preact = registry.create_model("preact-resnet18", 7, 1)
-    assert isinstance(preact, MimoNet) and preact.num_features == 512 and preact.heads[0].out_features == 7
+    assert isinstance(preact, MimoResNet) and preact.num_features == 512 and preact.heads[0].out_features == 7
     tiny = registry.create_model("vit-tiny", 10, 2)
     assert isinstance(tiny, MimoViT) and (tiny.depth, tiny.num_features, tiny.blocks[0].attn.heads) == (12, 192, 3)
     vit = registry.create_model("vit-3-128", 10, 2, attribution_depth=1)
