@@ -1,81 +1,13 @@
-"""MixViT: a MIMO vision transformer with token mixing and source attribution.
+"""MixViT: a MIMO vision transformer with token mixing and source attribution (README, "MixViT").
 
-Shapes: images ``[M, B, 3, H, W]`` (one batch per subnetwork), the token grid
-``[M, B, D, h, w]`` (``h = H / patch``, ``w = W / patch``: 8 x 8 for 32 x 32
-images and patch 4), tokens ``[B, N, D]`` with ``N = h * w`` in row-major
-order (token ``n = r * w + c`` is patch row ``r``, column ``c``), logits
-``[M, B, K]``.
-
-Architecture (CaiT-style, L = ``depth`` blocks of width D):
-
-* one patch embedding (a ``patch x patch`` convolution with stride ``patch``,
-  3 -> D), shared by the subnetworks, and a fixed 2-D sine-cosine position
-  embedding (MoCo v3 / MAE: no parameter tied to the image size);
-* L - k pre-norm self-attention blocks on the patch tokens (the *shared
-  layers*);
-* k class-attention blocks (CaiT, Touvron et al. 2021): the class tokens
-  attend to themselves and to the patch tokens; the patch tokens are not
-  updated there. k = ``attribution_depth``, default 2;
-* a final LayerNorm and M linear heads D -> K, head i reading class token i.
-
-**Token mixing** (training). The M inputs are embedded separately and their
-token grids are mixed on the patch grid by ``mixshare_ops.box_mix`` with the
-plan's CutMix box, inside / outside weights and scale. The ViT mixes with
-scale 1 (:attr:`MimoViT.mixing_scale`): a binary CutMix copies each token from
-the input that owns it, so a mixed token is exactly a token of a real image,
-as at test time, where the shared layers see the image's own tokens. (The
-CNNs mix with scale M because at test time they *sum* their M encodings.)
-
-**Source attribution** — the reading implemented here. The MixViT abstract
-fixes the idea (subnetworks share every layer but the last few and are
-separated there by a learned source attribution tying tokens to inputs); the
-details are ours:
-
-1. M learned source embeddings ``e_i`` (``[M, D]``). In each of the last k
-   blocks (the class-attention blocks, from block L - k on) every patch token
-   receives ``sum_i a_i(n) e_i`` on its attention input (after the block's
-   LayerNorm, so into its key and value), where ``a_i(n)`` is input i's
-   weight at token n under the plan: the same inside / outside weights that
-   ``box_mix`` used for that token, so with a binary CutMix each token gets
-   exactly the embedding of the input its patch came from. (With M > 2,
-   MixMo's rule mixes the inputs outside the box linearly; those tokens get
-   the same convex mix of embeddings.)
-2. One class token per subnetwork, entering at block L - k as in CaiT: a
-   shared learned class token that receives ``e_i`` on its attention input in
-   the same way, i.e. class token i carries attribution i. It attends to its
-   own key and to every patch token, never to another class token, so the M
-   class tokens run through the k blocks independently: one training pass
-   with M class tokens computes exactly what M passes with one class token
-   each would. Its query carries ``e_i`` and the keys carry their sources'
-   embeddings, so attention can learn to read the tokens of its own input.
-3. Head i classifies class token i and is trained on input i's label: each
-   subnetwork predicts its own input's label from the attributed layers on.
-
-The embeddings go on the normalised attention inputs, not on the residual
-streams, and start at unit scale (N(0, 1), like the LayerNorm outputs they are
-added to). Small embeddings do not work: at ViT's usual 0.02 (tried with the
-embeddings on the residual streams) they are drowned by the tokens, and the
-class tokens, which then differ by almost nothing, cannot break their
-symmetry; on digits the class tokens attended to their own input's tokens at
-chance and MixViT trained far worse (README, MixViT). Unit-scale embeddings
-on the residual streams worked about as well as this placement there; on the attention inputs their weight relative to the
-content is fixed by the LayerNorm whatever the depth and the growth of the
-residual stream, and the class-token stream the heads read is not offset by
-a constant per subnetwork.
-
-At **test time** the same image goes to every subnetwork: it is embedded once
-and the shared blocks run once; then the k class-attention blocks run once
-per subnetwork i, with every patch token attributed to i (``e_i`` on every
-attention input) and class token i (the M passes are batched along the batch
-dimension); the ensemble averages the M heads' outputs (``mixshare.metrics``). Training and test run the
-same computation for class token i; they differ only in the attribution of
-the patch tokens (the plan's at training, all i at test).
-
-Why this reading: class attention makes the k separated layers cheap (only
-the class tokens are updated, so the M test-time passes cost k small blocks
-each) and keeps training and test consistent (point 2); attribution by
-learned embeddings added to the tokens is what the abstract describes, and it
-leaves every patch-token computation of the shared blocks shared.
+Shapes: images ``[M, B, 3, H, W]`` (one batch per subnetwork), the token grid ``[M, B, D, h, w]``
+(``h = H / patch``, ``w = W / patch``: 8 x 8 for 32 x 32 images and patch 4), tokens ``[B, N, D]``
+with ``N = h * w`` in row-major order (token ``n = r * w + c`` is patch row ``r``, column ``c``),
+logits ``[M, B, K]``. CaiT-style: a shared patch embedding and sine-cosine positions, L - k
+self-attention blocks shared by the subnetworks, k class-attention blocks where patch token n carries
+``sum_i a_i(n) e_i`` (input i's plan weight at n times its learned source embedding) on its attention
+input and class token i carries ``e_i``, and head i reading class token i. Training mixes the token
+grids with ``box_mix`` at scale 1; at test every patch token is attributed to each i in turn.
 """
 
 from __future__ import annotations
