@@ -39,8 +39,12 @@ def test_cmake_library_loads_and_matches_reference(tmp_path):
     # ops come from the CMake-built library alone.
     script = textwrap.dedent(
         f"""
-        import importlib.util, torch
+        import importlib.util, sys, types, torch
         torch.ops.load_library({str(library)!r})
+        # The package's modules without its __init__ (which would load _C): the reference's imports.
+        package = types.ModuleType("mixshare_ops")
+        package.__path__ = [{str(ROOT / "mixshare_ops")!r}]
+        sys.modules["mixshare_ops"] = package
         spec = importlib.util.spec_from_file_location("ref", {str(ROOT / "mixshare_ops" / "reference.py")!r})
         ref = importlib.util.module_from_spec(spec); spec.loader.exec_module(ref)
         ops = torch.ops.mixshare_ops
