@@ -12,6 +12,7 @@ import torch.nn as nn
 from mixshare import analysis, methods, train
 from mixshare import config as cfg
 from mixshare.backbone import MimoBackbone
+from mixshare.mixers import create_mixer
 from mixshare.evaluate import evaluate_model
 from mixshare.protocol import MimoModel
 from tests.resnets import BasicBlock, TimmResNet, TorchvisionResNet
@@ -230,16 +231,17 @@ def test_the_grid_probe_leaves_buffers_and_modes_alone():
 
 
 def test_the_readme_loop_draws_new_boxes_every_batch():
-    """The README's own-backbone loop (draw_plan without generators, training_step): each batch is mixed
-    by its own boxes."""
+    """The README's own-backbone loop (a preset's mixer without generators, training_step): each batch is
+    mixed by its own boxes."""
     torch.manual_seed(0)
     model = MimoBackbone.from_cnn(TinyResNet, num_subnets=2, encoder_init="identical")
+    mixer = create_mixer("mixshare-fadeout", model, epochs=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
     boxes = []
     for epoch in range(2):
         for _ in range(3):
             images, labels = torch.randn(2, 4, 3, 16, 16), torch.randint(0, 5, (2, 4))
-            plan = methods.draw_plan("mixshare-fadeout", model, images, epoch=epoch, epochs=2)
+            plan = mixer(images, epoch)
             loss, _ = train.training_step(model, images, labels, plan, optimizer)
             assert torch.isfinite(loss)
             boxes.append(tuple(plan.boxes.flatten().tolist()))
