@@ -12,8 +12,8 @@ import torch.nn as nn
 from mixshare import analysis, methods, train
 from mixshare import config as cfg
 from mixshare.backbone import MimoBackbone
-from mixshare.mixers import create_mixer
 from mixshare.evaluate import evaluate_model
+from mixshare.mixers import create_mixer
 from mixshare.protocol import MimoModel
 from tests.resnets import BasicBlock, TimmResNet, TorchvisionResNet
 
