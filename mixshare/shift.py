@@ -9,7 +9,6 @@ Results of :func:`corruption_metrics` are keyed ``"<corruption>/<severity>"``.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence, Union

@@ -30,7 +30,6 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 
 import mixshare_ops
 from mixshare import data, mixers
