@@ -366,14 +366,15 @@ def side_by_side_costs(args, results: dict, device=None) -> dict:
                  if name.startswith("deep-ensemble")})
     if len(rows) < 2:
         return {}
-    unique = list(dict.fromkeys(os.path.realpath(checkpoint_path(p)) for paths in rows.values() for p in paths))
+    rows = {name: [os.path.realpath(checkpoint_path(p)) for p in paths] for name, paths in rows.items()}
+    unique = list(dict.fromkeys(p for paths in rows.values() for p in paths))
     _, loaded, configs, device = load_runs(unique, device)
     by_path = dict(zip(unique, loaded))
     models = {}
     for name, paths in rows.items():
-        members = [by_path[os.path.realpath(checkpoint_path(p))] for p in paths]
+        members = [by_path[p] for p in paths]
         models[name] = members[0] if len(members) == 1 else DeepEnsemble(members)
-    images = load_data(configs[0]).to(device).test_images[:COST_IMAGES]
+    images = load_data(configs[0]).test_images[:COST_IMAGES].to(device)
     print(f"== the cost of a prediction: {len(models)} models timed side by side on {images.shape[0]} test images",
           flush=True)
     return cost.side_by_side(models, images, repeats=10, warmup=2)
@@ -415,7 +416,7 @@ def cmd_compare(args) -> int:
                 trained.append(time.perf_counter() - run_started)
             results.setdefault(method, []).append(report)
         results.update(deep_ensembles(args, results, configs))
-        mce = corruption_errors(results, baseline) if baseline in results else {}
+        mce = corruption_errors(results, baseline)
         first = configs[runs[0]]
         costs = side_by_side_costs(args, results, first.device) if first.shift_eval else {}
         if costs:

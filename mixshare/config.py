@@ -543,14 +543,13 @@ def check_mixing(mixing: str, num_subnets: int, unmix: bool = False, cut_prob: f
 def check_model_arguments(num_subnets, encoder_init: Optional[str] = None) -> None:
     """The models' check of their arguments, by the config's rules: ``num_subnets`` an int in
     ``RANGES["num_subnets"]``, ``encoder_init`` (when given) one of ``registry.ENCODER_INITS``."""
-    low, high, low_in, high_in = RANGES["num_subnets"]
+    message = f"num_subnets must be an int {_range_text(*RANGES['num_subnets'])}, got {num_subnets!r}"
     if isinstance(num_subnets, bool) or not isinstance(num_subnets, int):
-        raise ConfigError(f"num_subnets must be an int {_range_text(low, high, low_in, high_in)}, got {num_subnets!r}")
+        raise ConfigError(message)
     try:
         check_range("num_subnets", num_subnets)
     except ConfigError:
-        raise ConfigError(f"num_subnets must be an int {_range_text(low, high, low_in, high_in)}, "
-                          f"got {num_subnets!r}") from None
+        raise ConfigError(message) from None
     if encoder_init is not None and encoder_init not in registry.ENCODER_INITS:
         raise ConfigError(f"encoder_init must be one of {', '.join(registry.ENCODER_INITS)}, got {encoder_init!r}")
 
